@@ -1,0 +1,26 @@
+# Set-up and entry points. Every target creates (or reuses) the virtual environment in .venv first.
+# torch==2.13.0 is installed before the package so that pip takes the CPU wheel instead of a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= results/bbbc021
+
+.PHONY: install test run lint benchmarks
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+test: install lint
+	$(PY) -m pytest
+
+run: install
+	$(VENV)/bin/cpembed run --out $(OUT)

@@ -1,0 +1,3 @@
+"""Bundled real Cell Painting data sets and simulators with ground truth."""
+
+__all__: list[str] = []
