@@ -1,3 +1,5 @@
 """Bundled real Cell Painting data sets and simulators with ground truth."""
 
-__all__: list[str] = []
+from ._bundled import bbbc021, lincs_plate
+
+__all__ = ["bbbc021", "lincs_plate"]

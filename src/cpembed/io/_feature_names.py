@@ -28,6 +28,9 @@ _LOCATION_WITH_CHANNEL = re.compile(r"^Location_(CenterMassIntensity|MaxIntensit
 # Illumination-corrected / original image prefixes used in many pipelines ("CorrDNA", "OrigMito").
 _IMAGE_PREFIX = re.compile(r"^(Corr|Orig)(?=[A-Z])")
 _NUMERIC = re.compile(r"^\d+(of\d+)?$")
+# Compartment, measurement and feature come first: a channel is never among the first three tokens
+# (``Cells_Intensity_MeanIntensity`` names no channel).
+_FIRST_CHANNEL_TOKEN = 3
 
 
 def _clean_channel(token: str) -> str:
@@ -44,8 +47,9 @@ def _parse_one(name: str) -> tuple[str, str, str, str]:
         positions = (-1,)
     channels = []
     for position in positions:
-        if -len(tokens) + 2 <= position < len(tokens) and (position < 0 or position >= 2):
-            channels.append(_clean_channel(tokens[position]))
+        index = position if position >= 0 else len(tokens) + position
+        if _FIRST_CHANNEL_TOKEN <= index < len(tokens):
+            channels.append(_clean_channel(tokens[index]))
     channels += ["", ""]
     return compartment, measurement, channels[0], channels[1]
 

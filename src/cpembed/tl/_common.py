@@ -1,0 +1,44 @@
+"""What every ``cpembed.tl`` function does around its maths: check the batch labels, store the result, log it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cpembed._validation import check_obs_keys
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def check_several_batches(adata: AnnData, batch_key: str) -> None:
+    """Raise when ``obs[batch_key]`` is missing, has missing labels, or holds a single batch (nothing to correct)."""
+    check_obs_keys(adata, batch_key)
+    labels = adata.obs[batch_key]
+    if labels.isna().any():
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has {int(labels.isna().sum())} missing batch labels; label or drop those rows."
+        )
+    if labels.nunique() < 2:
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] holds a single batch ({labels.iloc[0]!r}): there is nothing to correct."
+        )
+
+
+def store_embedding(
+    adata: AnnData, embedding: np.ndarray, key_added: str, params: dict[str, Any], *, copy: bool
+) -> AnnData | None:
+    """Write ``embedding`` to ``.obsm[key_added]`` and ``params`` to ``.uns[key_added]["params"]``.
+
+    With ``copy=True`` the result goes to a copy of ``adata``, which is returned; otherwise ``adata`` is changed
+    in place (only those two entries) and ``None`` is returned, as scanpy's ``tl`` functions do.
+    """
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = embedding
+    target.uns[key_added] = {"params": params}
+    logger.info("added .obsm[%r] (%d dimensions) and .uns[%r]['params']", key_added, embedding.shape[1], key_added)
+    return target if copy else None
