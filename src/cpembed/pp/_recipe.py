@@ -1,0 +1,123 @@
+"""The preprocessing recipe of the JUMP Cell Painting batch-correction benchmark (Arevalo et al. 2024)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cpembed._validation import check_groups_present
+
+from ._clip import clip_quantiles
+from ._correlation import correlation_filter
+from ._nonfinite import drop_nonfinite
+from ._normalize import normalize_to_controls
+from ._rank import rank_inverse_normal
+from ._utils import control_mask, plate_labels, record, target
+from ._variation import control_variation_filter, variation_filter
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def recipe_jump(
+    adata: AnnData,
+    plate_key: str,
+    control_key: str,
+    *,
+    control_value: Any = None,
+    min_coef_var: float = 1e-3,
+    freq_cut: float = 0.05,
+    unique_cut: float = 0.01,
+    corr_threshold: float = 0.9,
+    clip: tuple[float, float] | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Preprocess raw well profiles as the JUMP Cell Painting batch-correction benchmark does.
+
+    The steps and their order follow the benchmark's pipeline ``mad_int_featselect`` (Arevalo et al. 2024,
+    repository carpenter-singh-lab/2023_Arevalo_NatComm_BatchCorrection), the input of every batch-correction
+    method it compares:
+
+    1. :func:`~cpembed.pp.drop_nonfinite` (``how="features"``): drop features with any NaN or infinite value, as
+       every later statistic needs finite numbers.
+    2. :func:`~cpembed.pp.control_variation_filter`: keep features whose negative controls vary on every plate
+       (MAD ≠ 0 and ``|MAD / median| > min_coef_var``), so the next step never divides by (nearly) zero.
+    3. :func:`~cpembed.pp.normalize_to_controls` (``"mad_robustize"``): per plate, centre on the controls' median
+       and divide by their MAD. This removes plate effects and expresses each feature in units of control
+       variability. (The benchmark omits the 1.4826 factor and the 1e-18 epsilon: the factor is a constant and the
+       epsilon is negligible next to the MADs step 2 keeps, so the ranks taken next, and the result, are unchanged.)
+    4. :func:`~cpembed.pp.rank_inverse_normal` (Blom, c = 3/8): make every feature normally distributed, taming the
+       heavy tails left by step 3. Ties get their average rank, where the benchmark breaks them at random.
+    5. :func:`~cpembed.pp.variation_filter`: drop features with few distinct values or one dominating value
+       (pycytominer's frequency rule), which carry little information after the transform.
+    6. :func:`~cpembed.pp.correlation_filter` (``r > corr_threshold``): drop redundant features with pycytominer's
+       rule; selection comes last so that it sees the final, normalised values.
+    7. Optionally :func:`~cpembed.pp.clip_quantiles` with ``clip=(lower, upper)``. The benchmark does not clip after
+       the inverse normal transform (which already bounds values to about ±4.4 for 100,000 wells); it offers
+       clipping as an alternative way of handling outliers.
+
+    Parameters
+    ----------
+    adata
+        Raw well profiles (wells × features).
+    plate_key
+        ``adata.obs`` column naming the plate of each well.
+    control_key
+        ``adata.obs`` column marking the negative controls (boolean, or with ``control_value``).
+    control_value
+        The ``control_key`` value of negative controls, e.g. ``"DMSO"``.
+    min_coef_var
+        Step 2 threshold (benchmark value 1e-3).
+    freq_cut, unique_cut
+        Step 5 thresholds (pycytominer defaults 0.05 and 0.01, used by the benchmark).
+    corr_threshold
+        Step 6 threshold (pycytominer default 0.9, used by the benchmark).
+    clip
+        ``(lower, upper)`` quantile levels for an optional step 7; ``None`` (the benchmark) skips it.
+    copy
+        Return a new AnnData instead of changing ``adata``.
+
+    Returns
+    -------
+    With ``copy=True`` the preprocessed AnnData, else ``None``: ``adata`` is subset to the kept features and its
+    ``X`` overwritten with the preprocessed values. Each step records itself in ``adata.uns["cpembed_pp"]``, and
+    the recipe's own parameters go to ``adata.uns["cpembed_pp"]["recipe_jump"]``.
+
+    References
+    ----------
+    Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
+    *Nature Communications* 15, 6516 (2024).
+
+    Examples
+    --------
+    >>> import cpembed as cpe
+    >>> adata = cpe.datasets.bbbc021()
+    >>> cpe.pp.recipe_jump(adata, "Metadata_Plate", "Metadata_is_negcon")
+    >>> list(adata.uns["cpembed_pp"])[-1]
+    'recipe_jump'
+    """
+    plates = plate_labels(adata, plate_key)  # fail on bad input before any step changes the data
+    controls = control_mask(adata, control_key, control_value)
+    check_groups_present(plates[controls], np.unique(plates), "plates have no negative-control well")
+    adata = target(adata, copy=copy)
+    drop_nonfinite(adata, how="features")
+    control_variation_filter(adata, plate_key, control_key, control_value=control_value, min_coef_var=min_coef_var)
+    normalize_to_controls(adata, plate_key, control_key, control_value=control_value, method="mad_robustize")
+    rank_inverse_normal(adata)
+    variation_filter(adata, freq_cut=freq_cut, unique_cut=unique_cut)
+    correlation_filter(adata, threshold=corr_threshold)
+    if clip is not None:
+        clip_quantiles(adata, lower=clip[0], upper=clip[1])
+    params = {
+        "plate_key": plate_key,
+        "control_key": control_key,
+        "control_value": control_value,
+        "min_coef_var": min_coef_var,
+        "freq_cut": freq_cut,
+        "unique_cut": unique_cut,
+        "corr_threshold": corr_threshold,
+        "clip": None if clip is None else list(clip),
+    }
+    record(adata, "recipe_jump", params)
+    return adata if copy else None

@@ -1,0 +1,124 @@
+"""What every preprocessing step shares: choosing the AnnData to change, writing results, recording parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cpembed._validation import check_finite, check_obs_keys, get_matrix
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+UNS_KEY = "cpembed_pp"
+"""``adata.uns`` entry holding one record per preprocessing step, keyed by the step's function name."""
+
+
+def target(adata: AnnData, *, copy: bool) -> AnnData:
+    """Return the AnnData a step changes: a copy, or ``adata`` itself (made actual if it is a view)."""
+    if copy:
+        return adata.copy()
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
+    return adata
+
+
+def finite_matrix(adata: AnnData, *, layer: str | None = None) -> np.ndarray:
+    """The numeric matrix of ``adata.X`` (or ``layer``), after checking it holds no NaN or infinite value."""
+    matrix = get_matrix(adata, layer=layer)
+    check_finite(matrix, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    return matrix
+
+
+def float_dtype(matrix: np.ndarray) -> np.dtype:
+    """The dtype a transform writes: the input's float dtype (float32 stays float32), float64 otherwise."""
+    return matrix.dtype if np.issubdtype(matrix.dtype, np.floating) else np.dtype(np.float64)
+
+
+def write_matrix(adata: AnnData, values: np.ndarray, *, layer: str | None) -> None:
+    """Write a transform's result where it was read from: ``adata.X``, or ``adata.layers[layer]``."""
+    if layer is None:
+        adata.X = values
+    else:
+        adata.layers[layer] = values
+
+
+def _take_columns(matrix: Any, index: np.ndarray) -> Any:
+    return matrix.take(index, axis=1) if isinstance(matrix, np.ndarray) else matrix[:, index]
+
+
+def subset_features(adata: AnnData, keep: np.ndarray) -> None:
+    """Keep the features flagged in the boolean mask ``keep``, in place.
+
+    Dense ``X`` and layers are subset with ``ndarray.take``, several times faster than anndata's fancy indexing;
+    the rest (``var``, ``varm``, ``varp``) is subset by anndata.
+    """
+    if keep.all():
+        return
+    index = np.flatnonzero(keep)
+    matrix, layers = adata.X, dict(adata.layers)
+    adata.X = None
+    for key in layers:
+        del adata.layers[key]
+    adata._inplace_subset_var(index)
+    adata.X = None if matrix is None else _take_columns(matrix, index)
+    for key, layer in layers.items():
+        adata.layers[key] = _take_columns(layer, index)
+
+
+def subset_wells(adata: AnnData, keep: np.ndarray) -> None:
+    """Keep the wells flagged in the boolean mask ``keep``, in place."""
+    if not keep.all():
+        adata._inplace_subset_obs(np.flatnonzero(keep))
+
+
+def record(adata: AnnData, step: str, params: dict[str, Any], **results: Any) -> None:
+    """Store a step's parameters and results in ``adata.uns["cpembed_pp"][step]``.
+
+    ``None`` values are left out, so the record can be written to ``.h5ad``.
+    """
+    entry: dict[str, Any] = {"params": {key: value for key, value in params.items() if value is not None}}
+    entry.update({key: value for key, value in results.items() if value is not None})
+    adata.uns.setdefault(UNS_KEY, {})[step] = entry
+
+
+def control_mask(adata: AnnData, control_key: str, control_value: Any = None) -> np.ndarray:
+    """Boolean mask of the negative-control wells.
+
+    Without ``control_value``, ``adata.obs[control_key]`` must be a boolean column (``True`` = control, as
+    ``Metadata_is_negcon``); with it, the wells whose ``control_key`` equals ``control_value`` are controls
+    (``control_key="Metadata_Compound", control_value="DMSO"``).
+    """
+    check_obs_keys(adata, control_key)
+    column = adata.obs[control_key]
+    if control_value is not None:
+        mask = (column == control_value).to_numpy(dtype=bool)
+        if not mask.any():
+            raise ValueError(f"No well has adata.obs[{control_key!r}] == {control_value!r}: no negative controls.")
+        return mask
+    if column.dtype != bool:
+        raise TypeError(
+            f"adata.obs[{control_key!r}] has dtype {column.dtype}, not bool. Pass a boolean column "
+            f"(True for negative controls) or name the control label with `control_value=` (e.g. 'DMSO')."
+        )
+    return column.to_numpy(dtype=bool)
+
+
+def column_blocks(shape: tuple[int, int], description: str, *, elements: int = 2**22) -> Iterable[slice]:
+    """Slices of about ``elements`` matrix entries each, over the columns, shown with a progress bar when many."""
+    n_rows, n_columns = shape
+    width = max(1, elements // max(n_rows, 1))
+    blocks = [slice(start, min(start + width, n_columns)) for start in range(0, n_columns, width)]
+    return tqdm(blocks, desc=description, unit="block", leave=False, disable=len(blocks) < 8)
+
+
+def plate_labels(adata: AnnData, plate_key: str) -> np.ndarray:
+    """The plate of every well, as strings, from ``adata.obs[plate_key]`` (which must have no missing value)."""
+    check_obs_keys(adata, plate_key)
+    column = adata.obs[plate_key]
+    if column.isna().any():
+        raise ValueError(f"adata.obs[{plate_key!r}] has {int(column.isna().sum())} missing values; fill them first.")
+    return column.astype(str).to_numpy()
