@@ -1,3 +1,5 @@
 """User-facing model classes following scvi-tools conventions (``setup_anndata``, ``train``, ``save``/``load``)."""
 
-__all__: list[str] = []
+from ._cwamsn import CWAMSN
+
+__all__ = ["CWAMSN"]

@@ -18,6 +18,7 @@ AnnData. Every step follows the same rules:
 :func:`recipe_jump` chains the steps as the JUMP batch-correction benchmark (Arevalo et al. 2024) does.
 """
 
+from ._aggregate import aggregate
 from ._clip import clip_quantiles
 from ._correlation import correlation_filter
 from ._feature_groups import feature_groups
@@ -28,6 +29,7 @@ from ._recipe import recipe_jump
 from ._variation import control_variation_filter, variation_filter
 
 __all__ = [
+    "aggregate",
     "clip_quantiles",
     "control_variation_filter",
     "correlation_filter",

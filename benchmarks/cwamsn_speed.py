@@ -1,0 +1,291 @@
+"""CWA-MSN training and inference throughput: full MSN step with and without the HDF5 data pipeline.
+
+(a) baseline: uint8 batches already on the device; each step crops the views on the device (1 random + 10 focal
+    anchor views, 1 target view), runs the MSN loss under bf16 autocast, AdamW, and the EMA update;
+(b) the same step fed by the data pipeline: cross-well pairs sampled and read from an on-disk HDF5 store (one chunk
+    per image) by DataLoader workers, pinned and copied to the device;
+(c) inference: EMA encoder forward on 224 px images.
+
+Needs torch, numpy and h5py only (cpembed.module is loaded by file path). Example (one H100):
+    python benchmarks/cwamsn_speed.py --device cuda --batch-size 256 --steps 30
+Tiny CPU check:
+    python benchmarks/cwamsn_speed.py --device cpu --batch-size 4 --steps 2 --image-size 32 --depth 1 --width 32
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load_module import load_cpembed_module
+
+cm = load_cpembed_module()
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--focal-size", type=int, default=None, help="default: 96/224 of image size")
+    parser.add_argument("--n-focal", type=int, default=10)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=None, help="default: width // 64")
+    parser.add_argument("--channels", type=int, default=5)
+    parser.add_argument("--hidden-dim", type=int, default=2048)
+    parser.add_argument("--out-dim", type=int, default=256)
+    parser.add_argument("--prototypes", type=int, default=1024)
+    parser.add_argument("--tile-size", type=int, default=None, help="stored tile side (default: the image size)")
+    parser.add_argument("--n-images", type=int, default=1024, help="images in the on-disk store")
+    parser.add_argument("--workers", type=int, default=8, help="processes (or threads) reading the store")
+    parser.add_argument(
+        "--loader",
+        choices=["auto", "process", "thread"],
+        default="auto",
+        help="DataLoader worker processes (need /dev/shm room) or a thread pool; auto picks by /dev/shm space",
+    )
+    parser.add_argument("--inference-batch", type=int, default=1024)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the ViT blocks")
+    parser.add_argument("--json-out", default=None)
+    return parser.parse_args()
+
+
+def build(args, device, compile_blocks):
+    torch.manual_seed(0)
+    heads = args.heads or max(1, args.width // 64)
+    encoder = cm.VisionTransformer(args.channels, args.image_size, args.patch_size, args.width, args.depth, heads)
+    msn = cm.MaskedSiameseNetwork(encoder, args.hidden_dim, args.out_dim, args.prototypes).to(device)
+    if compile_blocks:
+        # 24 block instances x a few token counts (167 masked, 37 focal, 197 target): room for every variant.
+        for limit, value in [
+            ("recompile_limit", 256),
+            ("cache_size_limit", 256),
+            ("accumulated_cache_size_limit", 2048),
+        ]:
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), value))
+        for block in [*msn.encoder.blocks, *msn.target_encoder.blocks]:
+            block.compile()
+    optimizer = torch.optim.AdamW(cm.parameter_groups(msn), lr=1e-4, weight_decay=0.04, fused=device.type == "cuda")
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 0.04 if group["apply_weight_decay"] else 0.0
+    return msn, optimizer
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_store(path, args, tile):
+    """Random uint8 tiles, one HDF5 chunk per image (the layout of cpembed.io.build_image_store)."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as file:
+        images = file.create_dataset(
+            "images",
+            shape=(args.n_images, args.channels, tile, tile),
+            dtype="uint8",
+            chunks=(1, args.channels, tile, tile),
+        )
+        for start in range(0, args.n_images, 64):
+            stop = min(start + 64, args.n_images)
+            images[start:stop] = rng.integers(0, 256, (stop - start, args.channels, tile, tile), dtype=np.uint8)
+        file.attrs["channels"] = [f"ch{i}" for i in range(args.channels)]
+
+
+def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_steps):
+    """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) uint8 tensors."""
+    iterator = iter(batches)
+    for step in range(n_warmup + n_steps):
+        if step == n_warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        anchor, target = next(iterator)
+        cm.training_step(
+            msn,
+            optimizer,
+            anchor.to(device, non_blocking=True),
+            target.to(device, non_blocking=True),
+            views,
+            momentum=0.996,
+            autocast_dtype=autocast,
+        )
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def device_batches(args, tile, device):
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (args.batch_size, args.channels, tile, tile)
+    anchor = torch.randint(0, 256, shape, dtype=torch.uint8, device=device, generator=generator)
+    target = torch.randint(0, 256, shape, dtype=torch.uint8, device=device, generator=generator)
+    while True:
+        yield anchor, target
+
+
+def pair_dataset(args, store_path, n_batches):
+    n_perturbations, wells_per_perturbation = 32, 4
+    image_rows = np.arange(args.n_images)
+    wells = image_rows % (n_perturbations * wells_per_perturbation)
+    perturbations = wells % n_perturbations
+    sampler = cm.CrossWellSampler(perturbations, wells, image_rows, cross_well=True)
+    return cm.PairBatches(cm.StoreImages(store_path), sampler, args.batch_size, n_batches, seed=0)
+
+
+def process_batches(args, dataset):
+    """torch DataLoader worker processes (batches travel through /dev/shm), pinned by the main process."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=args.workers,
+        pin_memory=args.device.startswith("cuda"),
+        prefetch_factor=2 if args.workers else None,
+    )
+
+
+def thread_batches(args, dataset):
+    """Thread-pool prefetching (no shared memory needed); each batch is pinned in its thread."""
+    _ = dataset.images.dataset  # open the file once, before the threads share it
+    pin = args.device.startswith("cuda")
+
+    def load(index):
+        return tuple(t.pin_memory() if pin else t for t in dataset[index])
+
+    with ThreadPoolExecutor(max(1, args.workers)) as pool:
+        pending = deque(pool.submit(load, i) for i in range(min(len(dataset), 2 * max(1, args.workers))))
+        submitted = len(pending)
+        while pending:
+            batch = pending.popleft().result()
+            if submitted < len(dataset):
+                pending.append(pool.submit(load, submitted))
+                submitted += 1
+            yield batch
+
+
+def choose_loader(args, tile):
+    if args.loader != "auto":
+        return args.loader
+    batch_bytes = 2 * args.batch_size * args.channels * tile * tile
+    needed = 2 * batch_bytes * max(1, args.workers) * 2
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return "thread"
+    return "process" if args.workers and free >= needed else "thread"
+
+
+def measure_inference(msn, args, device, autocast):
+    images = torch.randn(args.inference_batch, args.channels, args.image_size, args.image_size, device=device)
+    msn.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        for _ in range(3):
+            msn.embed(images)
+        synchronize(device)
+        start = time.perf_counter()
+        n_rounds = max(1, args.steps // 3)
+        for _ in range(n_rounds):
+            msn.embed(images)
+        synchronize(device)
+    msn.train()
+    return n_rounds * args.inference_batch / (time.perf_counter() - start)
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    focal = args.focal_size or max(
+        args.patch_size, round(args.image_size * 96 / 224 / args.patch_size) * args.patch_size
+    )
+    tile = args.tile_size or args.image_size
+    views = cm.ViewConfig(args.image_size, focal, args.n_focal)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    compile_blocks = device.type == "cuda" and not args.no_compile
+    msn, optimizer = build(args, device, compile_blocks)
+    compile_note = "compiled blocks" if compile_blocks else "eager"
+    try:
+        baseline_s = run_steps(
+            msn, optimizer, device_batches(args, tile, device), views, device, autocast, args.warmup, args.steps
+        )
+    except Exception as error:  # a compiler failure must not lose the run: fall back to eager once
+        if not compile_blocks:
+            raise
+        print(f"torch.compile failed ({type(error).__name__}: {error}); measuring eager instead.", flush=True)
+        compile_note = "eager (compile failed)"
+        msn, optimizer = build(args, device, compile_blocks=False)
+        baseline_s = run_steps(
+            msn, optimizer, device_batches(args, tile, device), views, device, autocast, args.warmup, args.steps
+        )
+
+    with tempfile.TemporaryDirectory() as folder:
+        store_path = Path(folder) / "store.h5"
+        start = time.perf_counter()
+        write_store(store_path, args, tile)
+        write_s = time.perf_counter() - start
+        loader_kind = choose_loader(args, tile)
+        n_batches = args.warmup + args.steps
+        make = {"process": process_batches, "thread": thread_batches}
+        try:
+            batches = make[loader_kind](args, pair_dataset(args, store_path, n_batches))
+            pipeline_s = run_steps(msn, optimizer, batches, views, device, autocast, args.warmup, args.steps)
+        except RuntimeError as error:  # e.g. /dev/shm too small for worker processes: measure with threads
+            if loader_kind != "process":
+                raise
+            print(f"process loader failed ({error}); measuring the thread loader instead.", flush=True)
+            loader_kind = "thread (process loader failed)"
+            batches = thread_batches(args, pair_dataset(args, store_path, n_batches))
+            pipeline_s = run_steps(msn, optimizer, batches, views, device, autocast, args.warmup, args.steps)
+        del batches
+
+    inference = measure_inference(msn, args, device, autocast)
+    baseline = args.steps * args.batch_size / baseline_s
+    pipeline = args.steps * args.batch_size / pipeline_s
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    n_params = sum(p.numel() for p in msn.encoder.parameters())
+    print(
+        f"\nCWA-MSN speed on {name} ({compile_note}, {'bf16 autocast' if autocast else 'fp32'}):"
+        f" ViT {n_params / 1e6:.1f}M params, depth {args.depth}, width {args.width}, patch {args.patch_size},"
+        f" {args.channels} channels,"
+        f" {args.image_size} px + {args.n_focal} x {focal} px focal views, batch {args.batch_size}, {args.steps} steps,"
+        f" store of {args.n_images} tiles {tile} px written in {write_s:.1f} s, {args.workers} {loader_kind} workers\n"
+    )
+    rows = [
+        ("(a) training step, batches on device (baseline)", baseline, "samples/s"),
+        ("(b) training step + HDF5 data pipeline", pipeline, "samples/s"),
+        ("(c) inference (EMA encoder forward)", inference, "images/s"),
+    ]
+    for label, value, unit in rows:
+        print(f"{label:<52} {value:>12,.1f} {unit}")
+    print(f"{'ratio (b) / (a)':<52} {pipeline / baseline:>12.3f}")
+    print("targets: (b) >= 2,400 samples/s and (c) >= 20,000 images/s on one H100")
+    if args.json_out:
+        result = {
+            "device": name,
+            "compile": compile_note,
+            "loader": loader_kind,
+            "args": vars(args),
+            "train_samples_per_s_baseline": baseline,
+            "train_samples_per_s_pipeline": pipeline,
+            "pipeline_ratio": pipeline / baseline,
+            "inference_images_per_s": inference,
+        }
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

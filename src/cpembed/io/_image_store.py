@@ -1,0 +1,130 @@
+"""On-disk image store (HDF5) that image models stream from, and the 16-bit to 8-bit conversion it stores.
+
+Layout of a store file:
+
+- ``images``: uint8 ``(n_images, n_channels, height, width)``, one HDF5 chunk per image, so reading an image
+  touches one chunk and training never loads the whole store;
+- ``masks/nuclei`` and ``masks/cells`` (optional): int32 label images ``(n_images, height, width)``, 0 = background;
+- attributes ``channels`` (channel names, in order) and ``clip_percentile``.
+
+Row ``i`` of the store belongs to the AnnData row whose ``obs["image_index"]`` is ``i``; the AnnData records the
+store in ``uns["image_store"]`` (``path`` and ``channels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_INDEX_KEY = "image_index"
+STORE_UNS_KEY = "image_store"
+MASK_NAMES = ("nuclei", "cells")
+# CellCLIP / CLOOME clip the brightest ~0.003% of 16-bit pixels before converting to 8 bit.
+DEFAULT_CLIP_PERCENTILE = 99.997
+
+
+def to_uint8(image: np.ndarray, clip_percentile: float = DEFAULT_CLIP_PERCENTILE) -> np.ndarray:
+    """Convert a ``(channels, height, width)`` image to uint8, clipping each channel at a high percentile.
+
+    Each channel is clipped at its ``clip_percentile`` percentile, then scaled linearly from its minimum to that
+    value onto 0-255 (constant channels become 0).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"Expected a (channels, height, width) image, got shape {image.shape}.")
+    flat = image.reshape(image.shape[0], -1)
+    low = flat.min(axis=1)
+    high = np.percentile(flat, clip_percentile, axis=1)
+    span = np.where(high > low, high - low, 1.0)
+    scaled = (np.minimum(image, high[:, None, None]) - low[:, None, None]) / span[:, None, None]
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class ImageStoreWriter:
+    """Write images (and optional masks) one at a time into a new HDF5 image store.
+
+    Parameters
+    ----------
+    path
+        File to create.
+    n_images, channels, shape
+        Number of images, channel names and ``(height, width)`` of every image.
+    with_masks
+        Also create ``masks/nuclei`` and ``masks/cells``.
+    clip_percentile
+        Recorded in the file's attributes.
+    overwrite
+        Replace an existing file instead of raising.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_images: int,
+        channels: Sequence[str],
+        shape: tuple[int, int],
+        *,
+        with_masks: bool = False,
+        clip_percentile: float = DEFAULT_CLIP_PERCENTILE,
+        overwrite: bool = False,
+    ):
+        import h5py
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = h5py.File(path, "w")
+        n_channels = len(channels)
+        self.images = self.file.create_dataset(
+            "images", shape=(n_images, n_channels, *shape), dtype="uint8", chunks=(1, n_channels, *shape)
+        )
+        self.masks = {}
+        if with_masks:
+            for name in MASK_NAMES:
+                self.masks[name] = self.file.create_dataset(
+                    f"masks/{name}", shape=(n_images, *shape), dtype="int32", chunks=(1, *shape), compression="gzip"
+                )
+        self.file.attrs["channels"] = [str(channel) for channel in channels]
+        self.file.attrs["clip_percentile"] = clip_percentile
+
+    def write(self, index: int, image: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> None:
+        """Store uint8 ``image`` (and ``masks``, a dict with the names in ``MASK_NAMES``) at row ``index``."""
+        if image.dtype != np.uint8:
+            raise TypeError(f"Store images must be uint8 (use to_uint8 first), got {image.dtype}.")
+        self.images[index] = image
+        for name, mask in (masks or {}).items():
+            self.masks[name][index] = mask
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+    def __enter__(self) -> ImageStoreWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def store_info(path: str | Path, channels: Sequence[str]) -> dict:
+    """The ``uns["image_store"]`` entry that ties an AnnData to its store."""
+    return {"path": str(Path(path).resolve()), "channels": [str(channel) for channel in channels]}
+
+
+def read_store_images(path: str | Path, indices: Sequence[int] | np.ndarray, what: str = "images") -> np.ndarray:
+    """Read rows ``indices`` of ``images`` (or ``masks/nuclei``, ``masks/cells``) from a store, in the given order."""
+    import h5py
+
+    indices = np.asarray(indices, dtype=np.int64)
+    with h5py.File(path, "r") as file:
+        if what not in file:
+            raise KeyError(f"{path} has no {what!r} dataset (available: {list(file)}).")
+        dataset = file[what]
+        out = np.empty((len(indices), *dataset.shape[1:]), dtype=dataset.dtype)
+        for row, index in enumerate(indices):
+            dataset.read_direct(out, np.s_[index], np.s_[row])
+    return out

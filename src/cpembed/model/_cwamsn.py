@@ -1,0 +1,359 @@
+"""CWA-MSN: Cross-Well Aligned Masked Siamese Network for Cell Painting images.
+
+The model follows scvi-tools conventions (``setup_anndata``, ``train``, ``get_latent_representation``,
+``save``/``load``, ``history_``) but does not subclass scvi-tools' ``BaseModelClass``: its data machinery
+(``AnnDataManager`` fields and ``AnnDataLoader``) serves rows of ``adata.X``, while CWA-MSN streams pairs of images
+from two different wells out of an HDF5 image store. Training is a plain PyTorch loop with a tqdm progress bar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import check_obs_keys
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+SETUP_UNS_KEY = "_cwamsn_setup"
+MODEL_FILE = "model.pt"
+
+
+def _store_path(adata: AnnData, image_store: str | Path | None) -> str:
+    if image_store is not None:
+        path = Path(image_store)
+    elif "image_store" in adata.uns:
+        path = Path(adata.uns["image_store"]["path"])
+    else:
+        raise KeyError(
+            "No image store: pass `image_store=` or build one with cpembed.io.build_image_store "
+            "(or cpembed.datasets.simulate_images), which records it in adata.uns['image_store']."
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"Image store {path} does not exist.")
+    return str(path)
+
+
+def _store_shape(path: str) -> tuple[int, ...]:
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        return file["images"].shape
+
+
+class CWAMSN:
+    """Cross-Well Aligned Masked Siamese Network (CWA-MSN) on Cell Painting images.
+
+    MSN (Assran et al. 2022) whose anchor and target views come from two different wells that received the same
+    perturbation, so the embedding aligns wells across plates and batches (CWA-MSN paper, sections 3.2-3.4).
+    Defaults are the paper's: ViT-S/16, 1 random 224 px + 10 focal 96 px anchor views, patch drop 0.15, 1024
+    prototypes of dimension 256.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (one row per image of the store).
+    image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio
+        ViT sizes (ViT-S/16: 224, 16, 384, 12, 6, 4).
+    hidden_dim, out_dim, n_prototypes
+        Projection head and prototypes (MSN: 2048, 256, 1024).
+    focal_size, n_focal_views, random_scale, focal_scale
+        Views (MSN: 96 px, 10, (0.3, 1.0), (0.05, 0.3)).
+    patch_drop
+        Share of patch tokens dropped from the large anchor view (paper: 0.15).
+    cross_well
+        True for CWA-MSN; False for the single-well ablation (plain MSN, anchor and target from one image).
+    pool
+        Image embedding: ``"cls"`` token (MSN) or ``"mean"`` of patch tokens.
+    seed
+        Seed of the weights and of the sampling.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        image_size: int = 224,
+        patch_size: int = 16,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        hidden_dim: int = 2048,
+        out_dim: int = 256,
+        n_prototypes: int = 1024,
+        focal_size: int = 96,
+        n_focal_views: int = 10,
+        random_scale: tuple[float, float] = (0.3, 1.0),
+        focal_scale: tuple[float, float] = (0.05, 0.3),
+        patch_drop: float = 0.15,
+        cross_well: bool = True,
+        pool: str = "cls",
+        seed: int = 0,
+    ):
+        self.init_params_ = {key: value for key, value in locals().items() if key not in {"self", "adata"}}
+        import torch
+
+        from ..module import MaskedSiameseNetwork, ViewConfig, VisionTransformer
+
+        self.setup_args_ = self._registered_setup(adata)
+        self.adata = adata
+        n_channels = _store_shape(self.setup_args_["image_store"])[1]
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
+            torch.manual_seed(seed)
+            encoder = VisionTransformer(
+                n_channels, image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, pool=pool
+            )
+            self.module = MaskedSiameseNetwork(encoder, hidden_dim, out_dim, n_prototypes, patch_drop=patch_drop)
+        self.views = ViewConfig(image_size, focal_size, n_focal_views, tuple(random_scale), tuple(focal_scale))
+        self.is_trained_ = False
+        self.history_: dict[str, list[float]] = {"loss": []}
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        perturbation_key: str,
+        well_key: str,
+        plate_key: str | None = None,
+        batch_key: str | None = None,
+        image_store: str | Path | None = None,
+    ) -> None:
+        """Register the obs columns and image store CWA-MSN samples from.
+
+        Writes only ``adata.uns["_cwamsn_setup"]`` (the arguments, replayed by :meth:`load`).
+
+        Parameters
+        ----------
+        adata
+            One row per image (field or tile), with ``obs["image_index"]`` giving its row in the store.
+        perturbation_key
+            Treatment of each image (cross-well pairs share it; controls count as one perturbation).
+        well_key
+            Well of each image (anchor and target wells differ). Make it unique across plates.
+        plate_key, batch_key
+            Recorded for evaluation; sampling ignores them (pairs may cross plates and batches, as in the paper).
+        image_store
+            HDF5 image store (default: ``adata.uns["image_store"]["path"]``).
+        """
+        check_obs_keys(adata, perturbation_key, well_key, plate_key, batch_key, "image_index")
+        path = _store_path(adata, image_store)
+        n_images = _store_shape(path)[0]
+        index = adata.obs["image_index"].to_numpy()
+        if index.min() < 0 or index.max() >= n_images:
+            raise ValueError(f"obs['image_index'] must lie in [0, {n_images}), the rows of {path}.")
+        for key in (perturbation_key, well_key):
+            if adata.obs[key].isna().any():
+                raise ValueError(f"obs[{key!r}] has missing values.")
+        adata.uns[SETUP_UNS_KEY] = {
+            "perturbation_key": perturbation_key,
+            "well_key": well_key,
+            "plate_key": plate_key,
+            "batch_key": batch_key,
+            "image_store": path,
+        }
+
+    @staticmethod
+    def _registered_setup(adata: AnnData) -> dict[str, Any]:
+        if SETUP_UNS_KEY not in adata.uns:
+            raise ValueError("Call CWAMSN.setup_anndata(adata, perturbation_key=..., well_key=...) first.")
+        return {key: value for key, value in dict(adata.uns[SETUP_UNS_KEY]).items()}
+
+    def _sampler(self, adata: AnnData):
+        from ..module import CrossWellSampler
+
+        obs = adata.obs
+        return CrossWellSampler(
+            obs[self.setup_args_["perturbation_key"]].astype(str).to_numpy(),
+            obs[self.setup_args_["well_key"]].astype(str).to_numpy(),
+            obs["image_index"].to_numpy(),
+            cross_well=self.init_params_["cross_well"],
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 100,
+        batch_size: int = 64,
+        steps_per_epoch: int | None = None,
+        *,
+        start_lr: float = 2e-4,
+        lr: float = 1e-3,
+        final_lr: float = 1e-6,
+        warmup_epochs: float = 15,
+        weight_decay: tuple[float, float] = (0.04, 0.4),
+        ema_momentum: tuple[float, float] = (0.996, 1.0),
+        clip_grad: float = 3.0,
+        accelerator: str = "auto",
+        num_workers: int = 0,
+        progress_bar: bool = True,
+    ) -> None:
+        """Train with AdamW and MSN's per-iteration schedules.
+
+        Parameters
+        ----------
+        max_epochs, batch_size
+            Paper: 100 epochs, batch 64.
+        steps_per_epoch
+            Iterations per epoch (default: number of images // batch_size, at least 1).
+        start_lr, lr, final_lr, warmup_epochs
+            Linear warm-up from ``start_lr`` (paper: 2e-4) to ``lr`` over ``warmup_epochs`` (paper: 15), then cosine
+            decay to ``final_lr`` (MSN ViT-S config: 1e-3 peak, 1e-6 final).
+        weight_decay, ema_momentum
+            Start and end of the cosine weight decay (0.04 -> 0.4) and linear EMA momentum (0.996 -> 1.0).
+        clip_grad
+            Gradient norm clipping (MSN: 3.0).
+        accelerator
+            ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the step runs under bf16 autocast.
+        num_workers
+            Data-loader processes reading the store.
+        progress_bar
+            Show a tqdm bar over epochs.
+        """
+        import torch
+        from tqdm.auto import trange
+
+        from ..module import PairBatches, Schedule, StoreImages, apply_schedule, parameter_groups, training_step
+
+        if accelerator == "auto":
+            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(accelerator)
+        steps_per_epoch = steps_per_epoch or max(1, self.adata.n_obs // batch_size)
+        total_steps = max_epochs * steps_per_epoch
+        schedule = Schedule(
+            total_steps,
+            int(warmup_epochs * steps_per_epoch),
+            start_lr,
+            lr,
+            final_lr,
+            weight_decay[0],
+            weight_decay[1],
+            ema_momentum[0],
+            ema_momentum[1],
+        )
+        self.module.to(device).train()
+        optimizer = torch.optim.AdamW(parameter_groups(self.module), fused=device.type == "cuda")
+        batches = PairBatches(
+            StoreImages(self.setup_args_["image_store"]),
+            self._sampler(self.adata),
+            batch_size,
+            steps_per_epoch,
+            self.init_params_["seed"],
+        )
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+        )
+        autocast = torch.bfloat16 if device.type == "cuda" else None
+        step = 0
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):  # seeded crops and patch drops; caller's state untouched
+            torch.manual_seed(self.init_params_["seed"])
+            description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
+            progress = trange(max_epochs, desc=description, disable=not progress_bar)
+            for epoch in progress:
+                batches.epoch = epoch
+                losses = []
+                for anchor_images, target_images in loader:
+                    apply_schedule(optimizer, schedule, step)
+                    loss = training_step(
+                        self.module,
+                        optimizer,
+                        anchor_images.to(device, non_blocking=True),
+                        target_images.to(device, non_blocking=True),
+                        self.views,
+                        momentum=schedule.momentum_at(step),
+                        clip_grad=clip_grad,
+                        autocast_dtype=autocast,
+                    )
+                    losses.append(loss)
+                    step += 1
+                self.history_["loss"].append(float(torch.stack(losses).mean()))
+                progress.set_postfix(loss=f"{self.history_['loss'][-1]:.3f}")
+        self.module.eval()
+        self.is_trained_ = True
+
+    # ------------------------------------------------------------------ inference
+    def get_latent_representation(self, adata: AnnData | None = None, batch_size: int = 256) -> np.ndarray:
+        """Embed every image (row) with the EMA target encoder, head dropped, whole image resized to ``image_size``.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training one (default: the training AnnData); its images are read from the
+            store registered for it.
+        batch_size
+            Images per forward pass.
+
+        Returns
+        -------
+        ``(n_obs, embed_dim)`` float32 array.
+        """
+        import torch
+
+        from ..module import StoreImages, resize_for_inference
+
+        adata = self.adata if adata is None else adata
+        store = self._validated_store(adata)
+        images = StoreImages(store)
+        device = next(self.module.parameters()).device
+        rows = adata.obs["image_index"].to_numpy()
+        self.module.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = torch.from_numpy(images.read(rows[start : start + batch_size])).to(device)
+                views = resize_for_inference(batch, self.views.image_size)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    out.append(self.module.embed(views).float().cpu())
+        return torch.cat(out).numpy()
+
+    def _validated_store(self, adata: AnnData) -> str:
+        setup = self._registered_setup(adata)
+        n_channels = _store_shape(setup["image_store"])[1]
+        expected = self.module.encoder.patch_embed.in_channels
+        if n_channels != expected:
+            raise ValueError(f"The image store has {n_channels} channels; the model was trained on {expected}.")
+        return setup["image_store"]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
+        """Save weights, init parameters, setup arguments and history to ``dir_path/model.pt``."""
+        import torch
+
+        dir_path = Path(dir_path)
+        if (dir_path / MODEL_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{dir_path / MODEL_FILE} exists; pass overwrite=True.")
+        dir_path.mkdir(parents=True, exist_ok=True)
+        state = {
+            "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
+            "init_params": self.init_params_,
+            "setup_args": self.setup_args_,
+            "history": self.history_,
+            "is_trained": self.is_trained_,
+        }
+        torch.save(state, dir_path / MODEL_FILE)
+
+    @classmethod
+    def load(cls, dir_path: str | Path, adata: AnnData, *, accelerator: str = "cpu") -> CWAMSN:
+        """Load a saved model for ``adata``; ``adata`` is set up with the saved keys when it is not set up yet."""
+        import torch
+
+        state = torch.load(Path(dir_path) / MODEL_FILE, map_location="cpu", weights_only=False)
+        if SETUP_UNS_KEY not in adata.uns:
+            setup = dict(state["setup_args"])
+            cls.setup_anndata(adata, **setup)
+        model = cls(adata, **state["init_params"])
+        model.module.load_state_dict(state["state_dict"])
+        model.history_ = state["history"]
+        model.is_trained_ = state["is_trained"]
+        model.module.to(accelerator).eval()
+        return model
+
+    def __repr__(self) -> str:
+        kind = "CWA-MSN (cross-well)" if self.init_params_["cross_well"] else "MSN (single-well)"
+        n_params = sum(p.numel() for p in self.module.encoder.parameters())
+        return f"{kind} with a {n_params / 1e6:.2f}M-parameter ViT, trained: {self.is_trained_}"

@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+import cpembed as cpe
+from cpembed.io._image_store import to_uint8
+
+REAL_IMAGES = Path("/work/shared/data/images")
+needs_real_images = pytest.mark.skipif(
+    not REAL_IMAGES.exists(), reason="the real microscopy fields live in /work/shared/data/images (not bundled)"
+)
+
+
+def write_fields(folder: Path, rng) -> pd.DataFrame:
+    """Two fields x two channels of 16-bit TIFFs (LZW) and the matching LoadData CSV."""
+    rows = []
+    for well in ("A01", "B02"):
+        row = {"Metadata_Plate": "P1", "Metadata_Well": well, "Metadata_Site": 1}
+        for channel in ("DNA", "Mito"):
+            name = f"{well}_{channel}.tif"
+            tifffile.imwrite(folder / name, rng.integers(0, 4000, (40, 48), dtype=np.uint16), compression="lzw")
+            row |= {f"FileName_Orig{channel}": name, f"PathName_Orig{channel}": str(folder)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(folder / "load_data.csv", index=False)
+    return table
+
+
+def brute_force_uint8(channel: np.ndarray, percentile: float) -> np.ndarray:
+    flat = np.sort(channel.astype(np.float64).ravel())
+    high = np.percentile(flat, percentile)
+    low = flat[0]
+    return np.array([[round(255 * (min(v, high) - low) / (high - low)) for v in row] for row in channel])
+
+
+def test_to_uint8_clips_top_percentile_per_channel():
+    rng = np.random.default_rng(0)
+    image = rng.integers(100, 1000, (2, 30, 30)).astype(np.uint16)
+    image[0, 0, 0] = 65000  # one hot pixel is clipped, not allowed to darken the channel
+    converted = to_uint8(image, 99.0)
+    assert converted.dtype == np.uint8
+    for channel in range(2):
+        np.testing.assert_array_equal(converted[channel], brute_force_uint8(image[channel], 99.0))
+    assert converted[0, 0, 0] == 255
+    assert converted[0].mean() > 60  # without clipping the hot pixel would squash everything near 0
+
+
+def test_read_loaddata_csv_and_store_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    table = write_fields(tmp_path, rng)
+    fields = cpe.io.read_images(tmp_path / "load_data.csv")
+    assert fields.n_obs == 2
+    assert list(fields.obs["Metadata_Well"]) == ["A01", "B02"]
+    store = cpe.io.build_image_store(fields, tmp_path / "store.h5", clip_percentile=99.9)
+    assert store.uns["image_store"]["channels"] == ["DNA", "Mito"]
+    with h5py.File(tmp_path / "store.h5") as file:
+        assert file["images"].shape == (2, 2, 40, 48)
+        assert file["images"].chunks == (1, 2, 40, 48)
+        stored = file["images"][1]
+    raw = np.stack([tifffile.imread(tmp_path / table.loc[1, f"FileName_Orig{c}"]) for c in ("DNA", "Mito")])
+    np.testing.assert_array_equal(stored, to_uint8(raw, 99.9))
+    np.testing.assert_array_equal(cpe.io.read_store_images(tmp_path / "store.h5", [1, 0])[0], stored)
+    with pytest.raises(FileExistsError):
+        cpe.io.build_image_store(fields, tmp_path / "store.h5")
+
+
+def test_tiles_cover_the_centred_grid(tmp_path):
+    write_fields(tmp_path, np.random.default_rng(1))
+    fields = cpe.io.read_images(tmp_path / "load_data.csv")
+    tiles = cpe.io.build_image_store(fields, tmp_path / "tiles.h5", tile_size=16, channels=["Mito"])
+    assert tiles.n_obs == 2 * (40 // 16) * (48 // 16)
+    assert list(tiles.obs["image_index"]) == list(range(tiles.n_obs))
+    full = cpe.io.build_image_store(fields, tmp_path / "full.h5", channels=["Mito"])
+    field = cpe.io.read_store_images(tmp_path / "full.h5", [0])[0]
+    first_tile = cpe.io.read_store_images(tmp_path / "tiles.h5", [0])[0]
+    np.testing.assert_array_equal(first_tile, field[:, 4:20, 0:16])  # grid centred: (40 - 32) / 2 = 4 rows off
+    assert full.obs["Metadata_Field"].tolist() == fields.obs_names.tolist()
+
+
+def test_bad_inputs_raise(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cpe.io.read_images(tmp_path / "missing")
+    pd.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(KeyError, match="Metadata_Site"):
+        cpe.io.read_images(tmp_path / "bad.csv")
+    write_fields(tmp_path, np.random.default_rng(0))
+    fields = cpe.io.read_images(tmp_path / "load_data.csv")
+    with pytest.raises(KeyError, match="Actin"):
+        cpe.io.build_image_store(fields, tmp_path / "s.h5", channels=["Actin"])
+
+
+def test_folder_with_custom_pattern(tmp_path):
+    rng = np.random.default_rng(0)
+    for site in (1, 2):
+        for channel in ("DNA", "ER"):
+            tifffile.imwrite(
+                tmp_path / f"plateX-C05-s{site}-{channel}.tif", rng.integers(0, 9, (8, 8), dtype=np.uint16)
+            )
+    fields = cpe.io.read_images(tmp_path, r"(?P<plate>plate\w)-(?P<well>\w\d+)-s(?P<site>\d)-(?P<channel>\w+)\.tif")
+    assert fields.n_obs == 2
+    assert set(fields.obs["Metadata_Plate"]) == {"plateX"}
+    assert {"FileName_OrigDNA", "FileName_OrigER"} <= set(fields.obs)
+
+
+@needs_real_images
+def test_read_phenix_folder_real_jump_field():
+    fields = cpe.io.read_images(REAL_IMAGES / "pediatric_cancer_atlas_profiling", channel_names={"5": "DNA"})
+    assert fields.n_obs == 1
+    row = fields.obs.iloc[0]
+    assert (row["Metadata_Well"], row["Metadata_Site"]) == ("C03", 3)
+    assert row["FileName_OrigDNA"] == "r03c03f03p01-ch5sk1fk1fl1.tiff"
+    channels = [c.removeprefix("FileName_Orig") for c in fields.obs if c.startswith("FileName_Orig")]
+    assert channels == ["ch1", "ch2", "ch3", "ch4", "ch6", "DNA"]
+
+
+@needs_real_images
+def test_read_nf1_folder_real_fields_skips_masks():
+    fields = cpe.io.read_images(REAL_IMAGES / "NF1_cellpainting_data_shrunken", plate="Plate_2")
+    assert fields.n_obs == 5
+    assert sorted(fields.obs["Metadata_Well"]) == ["B7", "D6", "D7", "F7", "H12"]
+    assert fields.obs.loc["Plate_2_B7_3", "FileName_OrigDAPI"] == "B7_01_1_3_DAPI_001.tif"
+    assert not any("Mask" in str(v) for v in fields.obs.to_numpy().ravel())

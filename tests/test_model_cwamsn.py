@@ -1,0 +1,314 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import pdist
+from sklearn.decomposition import PCA
+
+import cpembed as cpe
+from cpembed.module import CrossWellSampler
+from cpembed.pp._aggregate import center_scale_to_controls, typical_variation_normalize
+
+REAL_IMAGES = Path("/work/shared/data/images")
+TINY = {
+    "image_size": 16,
+    "patch_size": 8,
+    "embed_dim": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "out_dim": 8,
+    "n_prototypes": 8,
+    "focal_size": 8,
+    "n_focal_views": 2,
+}
+KEYS = {"perturbation_key": "Metadata_Perturbation", "well_key": "Metadata_Well"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cwamsn") / "sim.h5"
+    return cpe.datasets.simulate_images(path, 2, 2, n_plates=2, n_sites=2, image_size=32, seed=0)
+
+
+def setup(adata):
+    cpe.model.CWAMSN.setup_anndata(adata, **KEYS, plate_key="Metadata_Plate")
+    return adata
+
+
+def test_cross_well_sampler_pairs_distinct_wells_of_one_perturbation(fields):
+    obs = fields.obs
+    sampler = CrossWellSampler(obs["Metadata_Perturbation"], obs["Metadata_Well"], obs["image_index"])
+    anchors, targets = sampler.sample(500, np.random.default_rng(0))
+    by_row = obs.set_index("image_index")
+    assert (by_row.loc[anchors, "Metadata_Well"].to_numpy() != by_row.loc[targets, "Metadata_Well"].to_numpy()).all()
+    same = by_row.loc[anchors, "Metadata_Perturbation"].to_numpy() == by_row.loc[targets, "Metadata_Perturbation"]
+    assert same.all()
+    crosses_plates = by_row.loc[anchors, "Metadata_Plate"].to_numpy() != by_row.loc[targets, "Metadata_Plate"]
+    assert crosses_plates.any()  # pairs may come from two plates, as in the paper
+    drawn = pd.Series(by_row.loc[anchors, "Metadata_Perturbation"].to_numpy()).value_counts(normalize=True)
+    assert drawn.min() > 0.5 / len(drawn)  # perturbations drawn uniformly, not by well count
+
+
+def test_single_well_sampler_uses_one_image(fields):
+    obs = fields.obs
+    sampler = CrossWellSampler(obs["Metadata_Perturbation"], obs["Metadata_Well"], obs["image_index"], cross_well=False)
+    anchors, targets = sampler.sample(50, np.random.default_rng(0))
+    np.testing.assert_array_equal(anchors, targets)
+
+
+def test_sampler_needs_two_wells():
+    with pytest.raises(ValueError, match="two wells"):
+        CrossWellSampler(["a", "a"], ["w1", "w1"], [0, 1])
+
+
+def test_train_save_load_exact_latents(fields, tmp_path):
+    adata = setup(fields.copy())
+    model = cpe.model.CWAMSN(adata, **TINY)
+    model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, progress_bar=False)
+    assert len(model.history_["loss"]) == 2
+    assert np.isfinite(model.history_["loss"]).all()
+    latent = model.get_latent_representation()
+    assert latent.shape == (adata.n_obs, TINY["embed_dim"])
+    assert np.isfinite(latent).all()
+    model.save(tmp_path / "model")
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "model")
+    fresh = fields.copy()  # not set up: load replays the saved setup
+    loaded = cpe.model.CWAMSN.load(tmp_path / "model", fresh)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
+    assert loaded.history_ == model.history_
+
+
+def test_training_changes_weights_and_single_well_mode_runs(fields):
+    adata = setup(fields.copy())
+    model = cpe.model.CWAMSN(adata, **TINY, cross_well=False)
+    before = model.module.encoder.patch_embed.weight.detach().clone()
+    model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, progress_bar=False)
+    assert not torch.equal(before, model.module.encoder.patch_embed.weight)
+    assert "single-well" in repr(model)
+
+
+def test_setup_errors(fields):
+    adata = fields.copy()
+    with pytest.raises(ValueError, match="setup_anndata"):
+        cpe.model.CWAMSN(adata, **TINY)
+    with pytest.raises(KeyError, match="Metadata_Nope"):
+        cpe.model.CWAMSN.setup_anndata(adata, "Metadata_Nope", "Metadata_Well")
+    del adata.uns["image_store"]
+    with pytest.raises(KeyError, match="image store"):
+        cpe.model.CWAMSN.setup_anndata(adata, **KEYS)
+
+
+def test_tl_cwamsn_writes_obsm_and_copy_leaves_input(fields):
+    adata = fields.copy()
+    out = cpe.tl.cwamsn(
+        adata,
+        **KEYS,
+        max_epochs=1,
+        batch_size=8,
+        model_kwargs=TINY,
+        train_kwargs={"steps_per_epoch": 1, "progress_bar": False},
+        copy=True,
+    )
+    assert "X_cwamsn" not in adata.obsm
+    assert out.obsm["X_cwamsn"].shape == (adata.n_obs, 16)
+    assert out.uns["X_cwamsn"]["params"]["cross_well"] is True
+    cpe.tl.cwamsn(adata, **KEYS, max_epochs=1, batch_size=8, model_kwargs=TINY, train_kwargs={"steps_per_epoch": 1})
+    assert adata.obsm["X_cwamsn"].shape == (adata.n_obs, 16)
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def brute_force_center_scale(matrix, plates, is_control):
+    out = np.empty_like(matrix, dtype=float)
+    for plate in np.unique(plates):
+        controls = matrix[(plates == plate) & is_control]
+        for i in np.flatnonzero(plates == plate):
+            for j in range(matrix.shape[1]):
+                out[i, j] = (matrix[i, j] - controls[:, j].mean()) / (controls[:, j].std(ddof=1) + 1e-6)
+    return out
+
+
+def assert_same_whitening(ours, matrix, batches, is_control):
+    """Whitening is unique up to rotation: compare with sklearn's PCA(whiten=True) through pairwise distances."""
+    for batch in np.unique(batches):
+        rows = batches == batch
+        reference = PCA(whiten=True).fit(matrix[rows & is_control]).transform(matrix[rows])
+        np.testing.assert_allclose(pdist(ours[rows]), pdist(reference), rtol=1e-6, atol=1e-8)
+        controls = ours[rows & is_control]
+        np.testing.assert_allclose(np.cov(controls, rowvar=False), np.eye(matrix.shape[1]), atol=1e-8)
+
+
+def test_aggregate_mean_median_match_pandas(fields):
+    rng = np.random.default_rng(0)
+    adata = fields.copy()
+    adata.obsm["X_emb"] = rng.normal(size=(adata.n_obs, 4)).astype(np.float32)
+    for method in ("mean", "median"):
+        wells = cpe.pp.aggregate(adata, "Metadata_Well", obsm_key="X_emb", method=method)
+        expected = pd.DataFrame(adata.obsm["X_emb"]).groupby(adata.obs["Metadata_Well"].to_numpy()).agg(method)
+        np.testing.assert_allclose(wells.X, expected.loc[wells.obs_names].to_numpy(), rtol=1e-6)
+    assert (wells.obs["n_rows"] == 2).all()
+    assert "Metadata_Site" not in wells.obs  # varies within a well
+    assert wells.obs["Metadata_Plate"].notna().all()
+    assert "X_emb" in adata.obsm
+    assert adata.n_obs == fields.n_obs
+
+
+def test_aggregate_center_scale_and_tvn_simulated(fields):
+    rng = np.random.default_rng(1)
+    adata = fields.copy()
+    adata.obsm["X_emb"] = (
+        rng.normal(size=(adata.n_obs, 3)) + (adata.obs["Metadata_Plate"].cat.codes.to_numpy()[:, None])
+    )
+    means = cpe.pp.aggregate(adata, "Metadata_Well", obsm_key="X_emb")
+    is_control = means.obs["Metadata_is_negcon"].to_numpy()
+    plates = means.obs["Metadata_Plate"].astype(str).to_numpy()
+    centred = cpe.pp.aggregate(
+        adata,
+        "Metadata_Well",
+        obsm_key="X_emb",
+        normalize="center_scale",
+        control_key="Metadata_is_negcon",
+        plate_key="Metadata_Plate",
+    )
+    np.testing.assert_allclose(
+        centred.X, brute_force_center_scale(means.X.astype(float), plates, is_control), rtol=1e-5
+    )
+
+
+def test_tvn_matches_sklearn_pca_whitening_on_bbbc021():
+    wells = cpe.datasets.bbbc021()
+    matrix = np.log1p(np.abs(wells.X[:, :12].astype(np.float64)))
+    batches = wells.obs["Metadata_Batch"].astype(str).to_numpy()
+    is_control = wells.obs["Metadata_is_negcon"].to_numpy().astype(bool)
+    keep = np.isin(batches, ["Week1", "Week2", "Week3"])
+    whitened = typical_variation_normalize(matrix[keep], batches[keep], is_control[keep], eps=0.0)
+    assert_same_whitening(whitened, matrix[keep], batches[keep], is_control[keep])
+    plates = wells.obs["Metadata_Plate"].astype(str).to_numpy()
+    per_plate = cpe.pp.aggregate(wells, "Metadata_Plate", method="median")
+    expected = pd.DataFrame(wells.X.astype(np.float64)).groupby(plates).median().loc[per_plate.obs_names]
+    np.testing.assert_allclose(per_plate.X, expected.to_numpy(), rtol=1e-5)
+    batch_of_plate = dict(zip(plates, batches, strict=True))
+    assert per_plate.obs["Metadata_Batch"].astype(str).tolist() == [batch_of_plate[p] for p in expected.index]
+    np.testing.assert_allclose(
+        center_scale_to_controls(matrix, plates, is_control), brute_force_center_scale(matrix, plates, is_control)
+    )
+
+
+def test_aggregate_tvn_wrapper_per_batch(fields):
+    rng = np.random.default_rng(2)
+    adata = fields.copy()
+    adata.obsm["X_emb"] = rng.normal(size=(adata.n_obs, 2))
+    adata.obs["well_batch"] = adata.obs["Metadata_Well"]  # one batch per well is too few controls
+    tvn = cpe.pp.aggregate(
+        adata, "Metadata_Well", obsm_key="X_emb", normalize="tvn", control_key="Metadata_is_negcon", eps=0.0
+    )
+    means = cpe.pp.aggregate(adata, "Metadata_Well", obsm_key="X_emb")
+    everything = np.zeros(means.n_obs, dtype=int)
+    assert_same_whitening(
+        tvn.X.astype(float), means.X.astype(float), everything, means.obs["Metadata_is_negcon"].to_numpy()
+    )
+    with pytest.raises(ValueError, match="fewer than 2 control"):
+        cpe.pp.aggregate(
+            adata,
+            "Metadata_Well",
+            obsm_key="X_emb",
+            normalize="tvn",
+            control_key="Metadata_is_negcon",
+            batch_key="well_batch",
+        )
+    with pytest.raises(ValueError, match="control_key"):
+        cpe.pp.aggregate(adata, "Metadata_Well", obsm_key="X_emb", normalize="tvn")
+    adata.obsm["X_emb"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cpe.pp.aggregate(adata, "Metadata_Well", obsm_key="X_emb")
+
+
+# --------------------------------------------------------------------------- handcrafted baseline
+
+
+def test_handcrafted_features_match_masks(fields):
+    adata = fields[:4].copy()
+    cpe.tl.handcrafted_features(adata)
+    features = adata.obsm["X_handcrafted"]
+    names = adata.uns["X_handcrafted"]["feature_names"]
+    assert features.shape == (4, len(names))
+    np.testing.assert_array_equal(features[:, 0], adata.obs["Metadata_n_cells"])
+    path = adata.uns["image_store"]["path"]
+    nuclei = cpe.io.read_store_images(path, [0], "masks/nuclei")[0]
+    image = cpe.io.read_store_images(path, [0])[0]
+    labels = np.unique(nuclei[nuclei > 0])
+    area = np.mean([(nuclei == label).sum() for label in labels])
+    dna = np.mean([image[0][nuclei == label].mean() for label in labels])
+    assert features[0, names.index("Nuclei_AreaShape_area")] == pytest.approx(area)
+    assert features[0, names.index("Nuclei_Intensity_MeanIntensity_DNA")] == pytest.approx(dna, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- real images end to end
+
+
+@pytest.mark.skipif(not REAL_IMAGES.exists(), reason="the real microscopy fields live in /work/shared/data/images")
+def test_real_fields_load_tile_embed(tmp_path):
+    fields = cpe.io.read_images(REAL_IMAGES / "NF1_cellpainting_data_shrunken", plate="Plate_2")
+    tiles = cpe.io.build_image_store(fields, tmp_path / "nf1.h5", tile_size=224)
+    assert tiles.n_obs == 5 * (904 // 224) * (1224 // 224)
+    # The five wells carry no treatment labels here: two pseudo-perturbations exercise cross-well sampling.
+    tiles.obs["group"] = np.where(tiles.obs["Metadata_Well"].isin(["B7", "D6"]), "g1", "g2")
+    cpe.tl.cwamsn(
+        tiles,
+        "group",
+        "Metadata_Well",
+        max_epochs=1,
+        batch_size=4,
+        model_kwargs=TINY,
+        train_kwargs={"steps_per_epoch": 1, "progress_bar": False},
+    )
+    assert tiles.obsm["X_cwamsn"].shape == (tiles.n_obs, 16)
+    assert np.isfinite(tiles.obsm["X_cwamsn"]).all()
+    wells = cpe.pp.aggregate(tiles, "Metadata_Well", obsm_key="X_cwamsn")
+    assert wells.n_obs == 5
+
+
+def test_bundled_real_field_tiles_embed_with_a_model_trained_on_simulated_images(fields, tmp_path):
+    real = cpe.io.read_images(
+        cpe.datasets.example_images(), plate="BR00143976", channel_names=cpe.datasets.EXAMPLE_CHANNELS
+    )
+    tiles = cpe.io.build_image_store(
+        real, tmp_path / "real.h5", tile_size=112, channels=["DNA", "ER", "RNA", "AGP", "Mito"]
+    )
+    assert tiles.n_obs == 4
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, progress_bar=False)
+    cpe.model.CWAMSN.setup_anndata(tiles, perturbation_key="Metadata_Well", well_key="Metadata_Well")
+    latent = model.get_latent_representation(tiles)
+    assert latent.shape == (4, 16)
+    assert np.isfinite(latent).all()
+    assert np.unique(latent.round(5), axis=0).shape[0] == 4  # four different tiles, four different embeddings
+    three_channels = cpe.io.build_image_store(real, tmp_path / "three.h5", channels=["DNA", "ER", "RNA"])
+    cpe.model.CWAMSN.setup_anndata(three_channels, perturbation_key="Metadata_Well", well_key="Metadata_Well")
+    with pytest.raises(ValueError, match="3 channels"):
+        model.get_latent_representation(three_channels)
+
+
+def test_training_is_seeded_and_leaves_global_rng_alone(fields):
+    latents = []
+    for _ in range(2):
+        state = torch.random.get_rng_state()
+        model = cpe.model.CWAMSN(setup(fields.copy()), **TINY, seed=7)
+        model.train(max_epochs=1, batch_size=4, steps_per_epoch=1, progress_bar=False)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[1])

@@ -1,0 +1,182 @@
+import math
+
+import pytest
+import torch
+
+from cpembed.module import (
+    MaskedSiameseNetwork,
+    VisionTransformer,
+    ema_update,
+    keep_random_patches,
+    msn_loss,
+    random_resized_crop,
+    sharpen,
+    sinkhorn,
+)
+
+
+def tiny_vit(**kwargs):
+    params = {"in_channels": 5, "image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4}
+    return VisionTransformer(**(params | kwargs))
+
+
+def test_vit_shapes_and_interpolated_positions():
+    torch.manual_seed(0)
+    vit = tiny_vit()
+    assert vit(torch.randn(3, 5, 32, 32)).shape == (3, 32)
+    assert vit(torch.randn(2, 5, 16, 16)).shape == (2, 32)  # focal views: 2x2 grid, interpolated positions
+    assert tiny_vit(pool="mean")(torch.randn(2, 5, 32, 32)).shape == (2, 32)
+
+
+def test_vit_s16_has_about_22m_parameters():
+    vit = VisionTransformer(in_channels=5)
+    n_params = sum(p.numel() for p in vit.parameters())
+    assert 21e6 < n_params < 23e6
+
+
+def test_keep_random_patches_keeps_85_percent_of_distinct_tokens():
+    torch.manual_seed(0)
+    tokens = torch.arange(196, dtype=torch.float32).reshape(1, 196, 1).expand(4, -1, 3).contiguous()
+    kept = keep_random_patches(tokens, 0.85)
+    assert kept.shape == (4, math.floor(196 * 0.85), 3)
+    for row in kept[:, :, 0]:
+        assert row.unique().numel() == kept.shape[1]  # no token kept twice
+    assert not torch.equal(kept[0, :, 0], kept[1, :, 0])  # drawn per image
+    with pytest.raises(ValueError, match="keep_ratio"):
+        keep_random_patches(tokens, 0.0)
+
+
+def test_sinkhorn_rows_sum_to_one_and_columns_balance():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(12, 6) * 3, dim=1)
+    balanced = sinkhorn(probs, n_iterations=3)
+    torch.testing.assert_close(balanced.sum(dim=1), torch.ones(12))
+    converged = sinkhorn(probs, n_iterations=500)
+    torch.testing.assert_close(converged.sum(dim=0), torch.full((6,), 12 / 6), atol=1e-4, rtol=0)
+
+
+def test_sharpen_is_power_and_renormalise():
+    probs = torch.tensor([[0.6, 0.3, 0.1]])
+    expected = probs**4 / (probs**4).sum()
+    torch.testing.assert_close(sharpen(probs, 0.25), expected)
+
+
+def brute_force_msn_loss(anchors, targets, prototypes, temperature=0.1, sharpen_t=0.25, n_sinkhorn=3):
+    """Loop version of MSN's loss, written from the paper's definitions."""
+    k = prototypes.shape[0]
+    batch = targets.shape[0]
+    n_views = anchors.shape[0] // batch
+
+    def probs(z):
+        sims = torch.stack([torch.nn.functional.cosine_similarity(z, p, dim=0) for p in prototypes])
+        return torch.exp(sims / temperature) / torch.exp(sims / temperature).sum()
+
+    target_p = torch.stack([probs(t) ** (1 / sharpen_t) for t in targets])
+    target_p = target_p / target_p.sum(1, keepdim=True)
+    q = target_p / target_p.sum()
+    for _ in range(n_sinkhorn):
+        q = q / q.sum(0, keepdim=True) / k
+        q = q / q.sum(1, keepdim=True) / batch
+    q = q * batch
+    anchor_p = [probs(a) for a in anchors]
+    ce = 0.0
+    for v in range(n_views):
+        for i in range(batch):
+            ce -= sum(q[i, m] * math.log(anchor_p[v * batch + i][m]) for m in range(k))
+    ce /= n_views * batch
+    mean_p = torch.stack(anchor_p).mean(0)
+    entropy = -sum(p * math.log(p) for p in mean_p)
+    return ce, math.log(k) - entropy
+
+
+def test_msn_loss_matches_brute_force():
+    torch.manual_seed(1)
+    anchors, targets, prototypes = torch.randn(3 * 4, 8), torch.randn(4, 8), torch.randn(5, 8)
+    loss = msn_loss(anchors, targets, prototypes, cross_entropy_weight=1.0, me_max_weight=2.0)
+    ce, me_max = brute_force_msn_loss(anchors.double(), targets.double(), prototypes.double())
+    assert loss.cross_entropy.item() == pytest.approx(float(ce), rel=1e-4)
+    assert loss.me_max.item() == pytest.approx(float(me_max), rel=1e-4, abs=1e-6)
+    assert loss.total.item() == pytest.approx(float(ce) + 2 * float(me_max), rel=1e-4)
+
+
+def test_msn_loss_is_fp32_under_bfloat16_inputs():
+    torch.manual_seed(0)
+    loss = msn_loss(torch.randn(8, 8).bfloat16(), torch.randn(4, 8).bfloat16(), torch.randn(5, 8))
+    assert loss.total.dtype == torch.float32
+
+
+def test_ema_update_formula_and_buffers():
+    torch.manual_seed(0)
+    online, target = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    online.weight.data.fill_(2.0)
+    target.weight.data.fill_(1.0)
+    online.running_mean.fill_(5.0)
+    ema_update(target, online, momentum=0.9)
+    torch.testing.assert_close(target.weight.data, torch.full((3,), 0.9 * 1.0 + 0.1 * 2.0))
+    torch.testing.assert_close(target.running_mean, torch.full((3,), 5.0))
+
+
+def test_msn_step_trains_anchor_and_not_target():
+    torch.manual_seed(0)
+    msn = MaskedSiameseNetwork(tiny_vit(), hidden_dim=16, out_dim=8, n_prototypes=10)
+    images = torch.randint(0, 255, (4, 5, 40, 40), dtype=torch.uint8)
+    random_views = random_resized_crop(images, 32, (0.3, 1.0))
+    focal_views = random_resized_crop(images, 16, (0.05, 0.3), n_views=3)
+    target_views = random_resized_crop(images, 32, (0.3, 1.0))
+    assert focal_views.shape == (12, 5, 16, 16)
+    loss = msn(random_views, focal_views, target_views)
+    loss.total.backward()
+    assert msn.encoder.patch_embed.weight.grad is not None
+    assert msn.prototypes.grad is not None
+    assert msn.target_encoder.patch_embed.weight.grad is None
+    before = msn.target_encoder.patch_embed.weight.clone()
+    with torch.no_grad():
+        msn.encoder.patch_embed.weight.add_(1.0)
+    msn.update_target(0.5)
+    torch.testing.assert_close(
+        msn.target_encoder.patch_embed.weight, 0.5 * before + 0.5 * msn.encoder.patch_embed.weight
+    )
+    assert msn.embed(random_views).shape == (4, 32)
+
+
+def test_random_resized_crop_standardises_each_view():
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (2, 3, 50, 50), dtype=torch.uint8)
+    views = random_resized_crop(images, 24, (0.3, 1.0), n_views=2)
+    assert views.shape == (4, 3, 24, 24)
+    torch.testing.assert_close(views.mean(dim=(-2, -1)), torch.zeros(4, 3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(views.std(dim=(-2, -1)), torch.ones(4, 3), atol=1e-3, rtol=0)
+
+
+def test_full_crop_without_flip_is_identity():
+    from cpembed.module._crops import crop_and_resize
+
+    images = torch.rand(2, 3, 16, 16)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    torch.testing.assert_close(crop_and_resize(images, boxes, 16), images)
+    flipped = crop_and_resize(images, boxes, 16, flip=torch.tensor([True, True]))
+    torch.testing.assert_close(flipped, images.flip(-1))
+
+
+def test_all_views_of_an_image_in_one_call_match_one_call_per_view():
+    from cpembed.module._crops import crop_and_resize
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 2, 20, 20)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.2, -0.1, 0.5, 0.4]])
+    together = crop_and_resize(images, boxes.expand(3, 2, 4).contiguous(), 8)
+    for view in range(2):
+        separate = crop_and_resize(images, boxes[view].expand(3, 4), 8)
+        torch.testing.assert_close(together[view * 3 : (view + 1) * 3], separate)  # view-major rows
+
+
+def test_schedules_follow_msn():
+    from cpembed.module import Schedule
+
+    schedule = Schedule(total_steps=100, warmup_steps=10, start_lr=2e-4, lr=1e-3, final_lr=1e-6)
+    assert schedule.learning_rate(0) == pytest.approx(2e-4)
+    assert schedule.learning_rate(10) == pytest.approx(1e-3)
+    assert schedule.learning_rate(100) == pytest.approx(1e-6)
+    assert schedule.weight_decay_at(0) == pytest.approx(0.04)
+    assert schedule.weight_decay_at(100) == pytest.approx(0.4)
+    assert schedule.momentum_at(50) == pytest.approx(0.998)
