@@ -6,7 +6,7 @@
     per image) by DataLoader workers, pinned and copied to the device;
 (c) inference: EMA encoder forward on 224 px images.
 
-Needs torch, numpy and h5py only (cpembed.module is loaded by file path). Example (one H100):
+Needs torch, numpy and h5py only (``cpembed.module`` is imported from this checkout's ``src``). Example (one H100):
     python benchmarks/cwamsn_speed.py --device cuda --batch-size 256 --steps 30
 Tiny CPU check:
     python benchmarks/cwamsn_speed.py --device cpu --batch-size 4 --steps 2 --image-size 32 --depth 1 --width 32
@@ -26,10 +26,8 @@ import h5py
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load_module import load_cpembed_module
-
-cm = load_cpembed_module()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import cpembed.module as cm
 
 
 def parse_args():

