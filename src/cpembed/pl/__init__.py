@@ -1,3 +1,6 @@
 """Plots: UMAP grids, benchmark tables and training curves."""
 
-__all__: list[str] = []
+from ._benchmark_table import benchmark_table
+from ._umap import umap
+
+__all__ = ["benchmark_table", "umap"]

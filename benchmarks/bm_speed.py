@@ -1,0 +1,244 @@
+"""Time cpe.bm.benchmark against scib-metrics + copairs + scikit-learn computing the same table, in one process.
+
+Four 64-d embeddings of simulated JUMP-like wells (cpe.datasets.simulate_profiles: sources, batches, plates,
+compounds with MoAs, DMSO controls) are scored with every metric of the table. The baseline computes the same
+metrics with the reference libraries, as a user of scib-metrics' ``Benchmarker`` would: pynndescent neighbours
+(k = 90, subset to 15 and 50), graph connectivity, Leiden NMI/ARI, kBET per label, iLISI, cLISI and both silhouettes
+from scib-metrics 0.5, mAP from copairs, and the CellPainTR reference code's random forests from scikit-learn.
+Both sides run with the same ``--n-jobs`` for the random forests and Leiden. First calls (numba and jax
+compilation) are included, as a user would pay them.
+
+Prints each side's wall time per step, the end-to-end ratio, and the peak resident memory above the starting
+point (sampled every 20 ms; both sides share one process: cpembed runs second, from what the reference left).
+
+    python benchmarks/bm_speed.py                    # 4 embeddings of ~50,000 wells x 64 dimensions
+    python benchmarks/bm_speed.py --plates 16        # ~6,000 wells, quick check
+"""
+
+import argparse
+import os
+import threading
+import time
+from collections import defaultdict
+
+import numpy as np
+from map_speed import copairs_map
+from sklearn.decomposition import PCA
+
+import cpembed as cpe
+from cpembed import bm
+
+KEYS = {
+    "batch_key": "Metadata_Batch",
+    "label_key": "Metadata_moa",
+    "perturbation_key": "Metadata_Compound",
+    "plate_key": "Metadata_Plate",
+    "control_key": "Metadata_is_negcon",
+}
+
+
+class PeakMemory:
+    """Peak resident set size of this process while the block runs, sampled by a thread."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while self._running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def simulated_embeddings(n_plates: int, n_dims: int):
+    """Simulated wells with four embeddings: PCA, PCA centred per batch, per source, and a noisier PCA."""
+    sources = 4
+    adata = cpe.datasets.simulate_profiles(
+        sources, 4, max(1, n_plates // 16), n_compounds=max(50, n_plates * 24), n_moas=30, n_features=120,
+        nonfinite_fraction=0.0, seed=0,
+    )  # fmt: skip
+    adata = adata[~adata.obs["Metadata_is_poscon"].to_numpy()].copy()
+    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon", method="standardize")
+    pcs = PCA(n_dims, random_state=0).fit_transform(np.asarray(adata.X, dtype=np.float64))
+    adata.obsm["X_pca"] = pcs
+    for name, key in [("X_batch_centred", "Metadata_Batch"), ("X_source_centred", "Metadata_Source")]:
+        centred = pcs.copy()
+        for group in adata.obs[key].unique():
+            rows = (adata.obs[key] == group).to_numpy()
+            centred[rows] -= pcs[rows].mean(axis=0)
+        adata.obsm[name] = centred
+    adata.obsm["X_noisy"] = pcs + np.random.default_rng(0).normal(scale=pcs.std(), size=pcs.shape)
+    adata.obs["Metadata_moa"] = adata.obs["Metadata_moa"].astype(str)
+    return adata
+
+
+def reference_table(adata, embeddings, steps, *, n_jobs: int, null_size: int, timings: dict) -> dict:
+    """The same metrics from scib-metrics, copairs and scikit-learn, one row per embedding."""
+    obs = adata.obs
+    control = obs["Metadata_is_negcon"].to_numpy()
+    wells = {
+        "control": control,
+        "batch": obs["Metadata_Batch"].to_numpy().astype(str),
+        "label": obs["Metadata_moa"].to_numpy().astype(str),
+        "compound": obs["Metadata_Compound"].to_numpy().astype(str),
+        "plate": obs["Metadata_Plate"].to_numpy().astype(str),
+    }
+    return {key: _reference_row(adata.obsm[key], wells, steps, n_jobs, null_size, timings) for key in embeddings}
+
+
+def _reference_row(X, wells, steps, n_jobs, null_size, timings) -> dict:
+    import scib_metrics
+    from scib_metrics.nearest_neighbors import pynndescent
+
+    treated = ~wells["control"]
+    batch, label = wells["batch"], wells["label"]
+    graph = {}
+
+    def neighbors(k):
+        if "nn" not in graph:  # scib-metrics' Benchmarker: one pynndescent search at k = 90, subset per metric
+            graph["nn"] = pynndescent(X[treated], 90, random_state=0, n_jobs=n_jobs)
+        return graph["nn"].subset_neighbors(k)
+
+    def leiden():
+        scores = scib_metrics.nmi_ari_cluster_labels_leiden(neighbors(15), label[treated], n_jobs=n_jobs)
+        return {"leiden_nmi": scores["nmi"], "leiden_ari": scores["ari"]}
+
+    def mean_average_precision(step, with_controls):
+        per_perturbation = copairs_map(
+            X, wells["compound"], wells["plate"], wells["control"], control=with_controls, null_size=null_size
+        )
+        return {
+            step: per_perturbation["mean_average_precision"].mean(),
+            f"{step}_fraction_retrieved": per_perturbation["below_corrected_p"].mean(),
+        }
+
+    computations = {
+        "graph_connectivity": lambda: {
+            "graph_connectivity": scib_metrics.graph_connectivity(neighbors(15), label[treated])
+        },
+        "leiden": leiden,
+        "kbet": lambda: {"kbet": scib_metrics.kbet_per_label(neighbors(50), batch[treated], label[treated])},
+        "lisi": lambda: {
+            "ilisi": scib_metrics.ilisi_knn(neighbors(90), batch[treated]),
+            "clisi": scib_metrics.clisi_knn(neighbors(90), label[treated]),
+        },
+        "silhouette_batch": lambda: {
+            "silhouette_batch": scib_metrics.silhouette_batch(X[treated], label[treated], batch[treated])
+        },
+        "silhouette_label": lambda: {"silhouette_label": scib_metrics.silhouette_label(X[treated], label[treated])},
+        "batch_classifiers": lambda: {
+            "batch_classifier_control": 1 - _forest_f1(X, batch, n_jobs),
+            "batch_classifier_no_control": 1 - _forest_f1(X[treated], batch[treated], n_jobs),
+        },
+        "bio_classifiers": lambda: {
+            "bio_info_control": _forest_f1(X, np.where(wells["control"], "negative control", label), n_jobs),
+            "bio_info_no_control": _forest_f1(X[treated], label[treated], n_jobs),
+        },
+        "map_control": lambda: mean_average_precision("map_control", True),
+        "map_no_rep": lambda: mean_average_precision("map_no_rep", False),
+    }
+    row = {}
+    for step in steps:
+        start = time.perf_counter()
+        row.update(computations[step]())
+        timings[step] += time.perf_counter() - start
+    return row
+
+
+def _forest_f1(X, y, n_jobs):
+    """The CellPainTR reference code's ``perform_classification``."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
+
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=42)
+    forest = RandomForestClassifier(random_state=42, n_jobs=n_jobs).fit(X_train, y_train)
+    return f1_score(y_test, forest.predict(X_test), average="weighted")
+
+
+def record_step_times(timings: dict) -> None:
+    """Time each metric step inside cpe.bm.benchmark (the shared neighbour search lands in the first graph step)."""
+    run_step = bm._benchmark._run_step
+
+    def timed(scorer, step):
+        start = time.perf_counter()
+        result = run_step(scorer, step)
+        timings[step] += time.perf_counter() - start
+        return result
+
+    bm._benchmark._run_step = timed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plates", type=int, default=128, help="384-well plates (128: ~49,000 wells)")
+    parser.add_argument("--n-dims", type=int, default=64)
+    parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--null-size", type=int, default=10_000)
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=list(bm._benchmark._STEPS), help="metric steps left out on both sides"
+    )
+    args = parser.parse_args()
+    steps = [step for step in bm._benchmark._STEPS if step not in args.skip]
+    metrics = [column for step in steps for column in bm._benchmark._STEPS[step]]
+
+    adata = simulated_embeddings(args.plates, args.n_dims)
+    embeddings = ["X_pca", "X_batch_centred", "X_source_centred", "X_noisy"]
+    print(
+        f"{adata.n_obs} wells ({int(adata.obs['Metadata_is_negcon'].sum())} controls) x {args.n_dims} dims, "
+        f"{len(embeddings)} embeddings, {adata.obs['Metadata_Batch'].nunique()} batches, "
+        f"{adata.obs['Metadata_moa'].nunique()} MoAs, {adata.obs['Metadata_Compound'].nunique()} compounds"
+    )
+
+    ours_steps, reference_steps = defaultdict(float), defaultdict(float)
+    # The reference runs first, so that its numba/jax compilation is not paid for by a warm-up from cpembed.
+    with PeakMemory() as reference_memory:
+        start = time.perf_counter()
+        reference = reference_table(
+            adata, embeddings, steps, n_jobs=args.n_jobs, null_size=args.null_size, timings=reference_steps
+        )
+        reference_seconds = time.perf_counter() - start
+    record_step_times(ours_steps)
+    with PeakMemory() as ours_memory:
+        start = time.perf_counter()
+        table = bm.benchmark(adata, embeddings, **KEYS, metrics=metrics, n_jobs=args.n_jobs, null_size=args.null_size)
+        ours_seconds = time.perf_counter() - start
+
+    print(f"\n{'step':<20}{'cpembed s':>12}{'reference s':>14}{'ratio':>8}")
+    for step in steps:
+        reference_s = reference_steps[step]
+        print(f"{step:<20}{ours_steps[step]:>12.1f}{reference_s:>14.1f}{reference_s / ours_steps[step]:>8.1f}")
+    print("(each side's neighbour search is counted in its first graph-metric row)")
+    print(
+        f"\nend to end: cpembed {ours_seconds:.1f} s, reference {reference_seconds:.1f} s, "
+        f"speed-up {reference_seconds / ours_seconds:.2f}x"
+    )
+    print(
+        f"peak memory above start: cpembed {ours_memory.mib:.0f} MiB, reference {reference_memory.mib:.0f} MiB "
+        f"(a dense wells x wells float32 matrix would be {adata.n_obs**2 * 4 / 2**20:.0f} MiB)"
+    )
+    print("\nlargest |cpembed - reference| per metric over the embeddings:")
+    for column in reference[embeddings[0]]:
+        gap = max(abs(table.loc[key, column] - reference[key][column]) for key in embeddings)
+        print(f"  {column:<28}{gap:.2e}")
+    print("\n" + table.round(3).to_string())  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""The benchmark table: every metric of CellPainTR's Table 1 and the JUMP benchmark for several embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from cpembed._validation import check_finite, check_obs_keys, check_obsm_keys, get_matrix
+
+from ._aggregate import CELLPAINTR_SCORES, JUMP_SCORES
+from ._classifier import batch_classifier, bio_information
+from ._graph_connectivity import graph_connectivity
+from ._kbet import kbet_per_label
+from ._leiden import DEFAULT_RESOLUTIONS, leiden_nmi_ari
+from ._lisi import clisi, ilisi
+from ._map import map_control, map_no_rep
+from ._neighbors import Metric, NeighborsResult, nearest_neighbors
+from ._silhouette import silhouette_batch, silhouette_label
+
+#: Class given to negative-control wells by the "with controls" bio-information classifier.
+CONTROL_CLASS = "negative control"
+
+#: Metric columns of the table, in order (CellPainTR Table 1, then the JUMP benchmark's extras).
+METRIC_COLUMNS = (
+    "graph_connectivity",
+    "silhouette_batch",
+    "batch_classifier_control",
+    "batch_classifier_no_control",
+    "leiden_nmi",
+    "leiden_ari",
+    "silhouette_label",
+    "map_control",
+    "map_no_rep",
+    "bio_info_control",
+    "bio_info_no_control",
+    "kbet",
+    "ilisi",
+    "clisi",
+    "map_control_fraction_retrieved",
+    "map_no_rep_fraction_retrieved",
+)
+#: Aggregate columns, in order.
+SCORE_COLUMNS = ("batch_score", "bio_score", "overall_score", "total_score")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Parameters shared by every embedding of one :func:`benchmark` call (documented there)."""
+
+    metric: Metric
+    graph_neighbors: int
+    kbet_neighbors: int
+    lisi_neighbors: int
+    resolutions: tuple[float, ...]
+    leiden_seed: int
+    classifier_seed: int
+    map_distance: str
+    null_size: int
+    threshold: float
+    n_jobs: int
+
+
+@dataclass(frozen=True)
+class _Wells:
+    """Per-well annotations read once from ``adata.obs``."""
+
+    batch: np.ndarray
+    label: np.ndarray
+    perturbation: np.ndarray
+    plate: np.ndarray
+    is_control: np.ndarray
+    well: np.ndarray | None
+
+
+class _EmbeddingScores:
+    """Computes the metrics of one embedding; the neighbour search runs once and is shared by the graph metrics."""
+
+    def __init__(self, X: np.ndarray, wells: _Wells, settings: BenchmarkSettings, exclude_controls: bool) -> None:
+        self.X = X
+        self.wells = wells
+        self.settings = settings
+        self.kept = ~wells.is_control if exclude_controls else np.ones(len(X), dtype=bool)
+
+    @cached_property
+    def neighbors(self) -> NeighborsResult:
+        s = self.settings
+        k = min(max(s.graph_neighbors, s.kbet_neighbors, s.lisi_neighbors), int(self.kept.sum()))
+        return nearest_neighbors(self.X[self.kept], k, metric=s.metric)
+
+    def _subset(self, k: int) -> NeighborsResult:
+        return self.neighbors.subset(min(k, self.neighbors.n_neighbors))
+
+    def graph_connectivity(self) -> dict[str, float]:
+        subset = self._subset(self.settings.graph_neighbors)
+        return {"graph_connectivity": graph_connectivity(subset, self.wells.label[self.kept])}
+
+    def silhouette_batch(self) -> dict[str, float]:
+        kept, w = self.kept, self.wells
+        score = silhouette_batch(self.X[kept], w.label[kept], w.batch[kept], metric=self.settings.metric)
+        return {"silhouette_batch": score}
+
+    def silhouette_label(self) -> dict[str, float]:
+        score = silhouette_label(self.X[self.kept], self.wells.label[self.kept], metric=self.settings.metric)
+        return {"silhouette_label": score}
+
+    def leiden(self) -> dict[str, float]:
+        s = self.settings
+        scores = leiden_nmi_ari(
+            self._subset(s.graph_neighbors),
+            self.wells.label[self.kept],
+            resolutions=s.resolutions,
+            seed=s.leiden_seed,
+            n_jobs=s.n_jobs,
+        )
+        return {"leiden_nmi": scores.nmi, "leiden_ari": scores.ari}
+
+    def kbet(self) -> dict[str, float]:
+        kept, w = self.kept, self.wells
+        return {"kbet": kbet_per_label(self._subset(self.settings.kbet_neighbors), w.batch[kept], w.label[kept])}
+
+    def lisi(self) -> dict[str, float]:
+        kept, w = self.kept, self.wells
+        subset = self._subset(self.settings.lisi_neighbors)
+        return {"ilisi": ilisi(subset, w.batch[kept]), "clisi": clisi(subset, w.label[kept])}
+
+    def batch_classifiers(self) -> dict[str, float]:
+        w, options = self.wells, self._classifier_options
+        treated = ~w.is_control
+        return {
+            "batch_classifier_control": batch_classifier(self.X, w.batch, **options),
+            "batch_classifier_no_control": batch_classifier(self.X[treated], w.batch[treated], **options),
+        }
+
+    def bio_classifiers(self) -> dict[str, float]:
+        w, options = self.wells, self._classifier_options
+        treated = ~w.is_control
+        with_control_class = np.where(w.is_control, CONTROL_CLASS, w.label.astype(str))
+        return {
+            "bio_info_control": bio_information(self.X, with_control_class, **options),
+            "bio_info_no_control": bio_information(self.X[treated], w.label[treated].astype(str), **options),
+        }
+
+    @property
+    def _classifier_options(self) -> dict:
+        return {"random_state": self.settings.classifier_seed, "n_jobs": self.settings.n_jobs}
+
+    def map_control(self) -> dict[str, float]:
+        result = map_control(self.X, *self._map_arrays, **self._map_options)
+        return {
+            "map_control": result.mean_average_precision,
+            "map_control_fraction_retrieved": result.fraction_retrieved,
+        }
+
+    def map_no_rep(self) -> dict[str, float]:
+        result = map_no_rep(self.X, *self._map_arrays, **self._map_options)
+        return {"map_no_rep": result.mean_average_precision, "map_no_rep_fraction_retrieved": result.fraction_retrieved}
+
+    @property
+    def _map_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.wells.perturbation, self.wells.plate, self.wells.is_control
+
+    @property
+    def _map_options(self) -> dict:
+        s = self.settings
+        return {"well": self.wells.well, "distance": s.map_distance, "null_size": s.null_size, "threshold": s.threshold}
+
+
+#: Each step of the benchmark and the columns it fills, in the order they run.
+_STEPS: dict[str, tuple[str, ...]] = {
+    "graph_connectivity": ("graph_connectivity",),
+    "leiden": ("leiden_nmi", "leiden_ari"),
+    "kbet": ("kbet",),
+    "lisi": ("ilisi", "clisi"),
+    "silhouette_batch": ("silhouette_batch",),
+    "silhouette_label": ("silhouette_label",),
+    "batch_classifiers": ("batch_classifier_control", "batch_classifier_no_control"),
+    "bio_classifiers": ("bio_info_control", "bio_info_no_control"),
+    "map_control": ("map_control", "map_control_fraction_retrieved"),
+    "map_no_rep": ("map_no_rep", "map_no_rep_fraction_retrieved"),
+}
+
+
+def benchmark(
+    adata: AnnData,
+    embeddings: str | Sequence[str] = "X",
+    *,
+    batch_key: str,
+    label_key: str,
+    perturbation_key: str,
+    plate_key: str,
+    control_key: str,
+    well_key: str | None = None,
+    metrics: Sequence[str] | None = None,
+    metric: Metric = "euclidean",
+    exclude_controls: bool = True,
+    graph_neighbors: int = 15,
+    kbet_neighbors: int = 50,
+    lisi_neighbors: int = 90,
+    resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
+    leiden_seed: int = 42,
+    classifier_seed: int = 42,
+    map_distance: str = "cosine",
+    null_size: int = 10_000,
+    threshold: float = 0.05,
+    n_jobs: int = 1,
+    progress: bool = True,
+    key_added: str = "cpe_benchmark",
+) -> pd.DataFrame:
+    """Score embeddings with the batch-correction and biology metrics of CellPainTR and the JUMP benchmark.
+
+    One row per embedding, with the columns of the CellPainTR paper's Table 1 (``graph_connectivity``,
+    ``silhouette_batch``, ``batch_classifier_control``, ``batch_classifier_no_control``, ``leiden_nmi``,
+    ``leiden_ari``, ``silhouette_label``, ``map_control``, ``map_no_rep``, ``bio_info_control``,
+    ``bio_info_no_control``, then ``batch_score``, ``bio_score``, ``overall_score``; :data:`CELLPAINTR_SCORES`)
+    and the extras of the JUMP benchmark (Arevalo et al. 2024: ``kbet``, ``ilisi``, ``clisi``,
+    ``map_control_fraction_retrieved``, ``map_no_rep_fraction_retrieved`` and ``total_score``;
+    :data:`JUMP_SCORES`). All metrics lie in [0, 1], higher is better.
+
+    Which wells each metric sees:
+
+    - graph connectivity, silhouettes, Leiden NMI/ARI, kBET and LISI: the non-control wells (``exclude_controls``,
+      as Arevalo et al. drop DMSO before these metrics); the neighbour graph is computed once per embedding, at
+      the largest k, and shared.
+    - classifiers "control": all wells; for ``bio_info_control`` the controls form a class of their own
+      (:data:`CONTROL_CLASS`). "no_control": the non-control wells.
+    - mAP: all wells, as :func:`~cpembed.bm.map_control` and :func:`~cpembed.bm.map_no_rep` define.
+
+    Parameters
+    ----------
+    adata
+        Wells × features, with the annotations below in ``.obs``.
+    embeddings
+        ``.obsm`` keys to score; ``"X"`` scores ``adata.X``.
+    batch_key
+        ``.obs`` column with the batch (e.g. source or imaging batch) to be corrected.
+    label_key
+        ``.obs`` column with the biological label the bio metrics score (e.g. MoA or compound); it must be set for
+        every non-control well.
+    perturbation_key
+        ``.obs`` column identifying replicates for mAP (e.g. compound).
+    plate_key
+        ``.obs`` column with the plate (mAP negatives come from the query's plate).
+    control_key
+        Boolean ``.obs`` column, ``True`` for negative-control wells.
+    well_key
+        ``.obs`` column with the well position; passed to mAP so that replicates at the same position are not
+        positives (``None``: no such restriction).
+    metrics
+        Metric columns to compute (names from :data:`METRIC_COLUMNS`); ``None`` computes all. Columns not computed
+        are NaN, and so are the aggregates that need them.
+    metric
+        Distance of neighbours and silhouettes: ``"euclidean"`` (scib-metrics) or ``"cosine"`` (Arevalo et al.).
+    exclude_controls
+        Leave negative controls out of the graph and silhouette metrics (Arevalo et al. 2024).
+    graph_neighbors
+        k of graph connectivity and Leiden (15, scib-metrics' ``Benchmarker``; Arevalo et al. use 25).
+    kbet_neighbors
+        k of the graph kBET starts from (50, scib-metrics' ``Benchmarker``).
+    lisi_neighbors
+        k of iLISI and cLISI (90, scib-metrics' ``Benchmarker``).
+    resolutions
+        Leiden resolutions searched for the best NMI (0.2 to 2.0, scib-metrics).
+    leiden_seed
+        Seed of the Leiden clusterings (42, scib-metrics).
+    classifier_seed
+        Seed of the 80/20 split and the random forests (42, CellPainTR reference code).
+    map_distance
+        Similarity of mAP rankings (``"cosine"``, Arevalo et al. 2024).
+    null_size
+        Random rankings of the mAP null distributions (10,000, Arevalo et al. 2024).
+    threshold
+        Corrected p-value below which a perturbation counts as retrieved (0.05, Arevalo et al. 2024).
+    n_jobs
+        Parallel workers for the random forests and the Leiden resolutions; results do not depend on it.
+    progress
+        Show a progress bar over embeddings × metrics.
+    key_added
+        ``adata.uns`` key the table is written to.
+
+    Returns
+    -------
+    The table (index: embedding keys; columns: :data:`METRIC_COLUMNS` then :data:`SCORE_COLUMNS`). It is also
+    written to ``adata.uns[key_added]``; nothing else of ``adata`` changes.
+    """
+    embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
+    if not embeddings:
+        raise ValueError("Pass at least one embedding: an .obsm key, or 'X' for adata.X.")
+    steps = _selected_steps(metrics)
+    wells = _read_wells(adata, batch_key, label_key, perturbation_key, plate_key, control_key, well_key)
+    check_obsm_keys(adata, *embeddings)
+    settings = BenchmarkSettings(
+        metric=metric,
+        graph_neighbors=graph_neighbors,
+        kbet_neighbors=kbet_neighbors,
+        lisi_neighbors=lisi_neighbors,
+        resolutions=tuple(resolutions),
+        leiden_seed=leiden_seed,
+        classifier_seed=classifier_seed,
+        map_distance=map_distance,
+        null_size=null_size,
+        threshold=threshold,
+        n_jobs=n_jobs,
+    )
+    matrices = {key: _embedding_matrix(adata, key) for key in embeddings}
+    rows = {}
+    with tqdm(total=len(embeddings) * len(steps), desc="Benchmark", disable=not progress) as bar:
+        for key, X in matrices.items():
+            scorer = _EmbeddingScores(X, wells, settings, exclude_controls)
+            rows[key] = {}
+            for step in steps:
+                bar.set_postfix_str(f"{key}: {step}")
+                rows[key].update(_run_step(scorer, step))
+                bar.update()
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(METRIC_COLUMNS)).astype(np.float64)
+    table = pd.concat([table, CELLPAINTR_SCORES.score(table), JUMP_SCORES.score(table)], axis=1)
+    table.index.name = "embedding"
+    adata.uns[key_added] = table
+    return table
+
+
+def _run_step(scorer: _EmbeddingScores, step: str) -> dict[str, float]:
+    compute: Callable[[], dict[str, float]] = getattr(scorer, step)
+    return compute()
+
+
+def _selected_steps(metrics: Sequence[str] | None) -> list[str]:
+    """The steps that fill the requested metric columns."""
+    if metrics is None:
+        return list(_STEPS)
+    unknown = sorted(set(metrics) - set(METRIC_COLUMNS))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}. Choose from: {', '.join(METRIC_COLUMNS)}.")
+    return [step for step, columns in _STEPS.items() if set(columns) & set(metrics)]
+
+
+def _read_wells(
+    adata: AnnData,
+    batch_key: str,
+    label_key: str,
+    perturbation_key: str,
+    plate_key: str,
+    control_key: str,
+    well_key: str | None,
+) -> _Wells:
+    """Read and check the annotations: present, a boolean control flag, two batches, labels on treated wells."""
+    check_obs_keys(adata, batch_key, label_key, perturbation_key, plate_key, control_key, well_key)
+    obs = adata.obs
+    if obs[control_key].dtype != bool:
+        raise TypeError(
+            f"adata.obs[{control_key!r}] must be boolean (True for negative controls), got {obs[control_key].dtype}."
+        )
+    is_control = obs[control_key].to_numpy()
+    if is_control.all():
+        raise ValueError(f"Every well is flagged as a control in adata.obs[{control_key!r}]: nothing to score.")
+    for key in (batch_key, perturbation_key, plate_key, well_key):
+        if key is not None and obs[key].isna().any():
+            raise ValueError(f"adata.obs[{key!r}] has {int(obs[key].isna().sum())} missing values.")
+    n_batches = obs[batch_key].nunique()
+    if n_batches < 2:
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] holds a single batch: batch-correction metrics need at least two batches."
+        )
+    missing_labels = obs[label_key].isna().to_numpy() & ~is_control
+    if missing_labels.any():
+        raise ValueError(
+            f"adata.obs[{label_key!r}] is missing for {int(missing_labels.sum())} non-control wells; "
+            "subset adata to labelled wells first."
+        )
+    return _Wells(
+        batch=obs[batch_key].astype(str).to_numpy(),
+        label=np.where(is_control & obs[label_key].isna().to_numpy(), CONTROL_CLASS, obs[label_key].astype(object)),
+        perturbation=obs[perturbation_key].astype(str).to_numpy(),
+        plate=obs[plate_key].astype(str).to_numpy(),
+        is_control=is_control,
+        well=None if well_key is None else obs[well_key].astype(str).to_numpy(),
+    )
+
+
+def _embedding_matrix(adata: AnnData, key: str) -> np.ndarray:
+    """The embedding as a finite 2-D float array."""
+    X = get_matrix(adata, obsm_key=key)
+    where = "adata.X" if key == "X" else f"adata.obsm[{key!r}]"
+    if X.ndim != 2:
+        raise ValueError(f"{where} must be a 2-D wells × dimensions array, got shape {X.shape}.")
+    check_finite(X, where)
+    return np.asarray(X, dtype=np.float64)

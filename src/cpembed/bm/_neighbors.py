@@ -1,0 +1,205 @@
+"""Exact nearest neighbours, computed once per embedding and shared by every graph-based metric.
+
+The graph metrics of scib-metrics (graph connectivity, Leiden NMI/ARI, kBET, LISI) all read one neighbour search
+at the largest k they need and take the first k columns each (scib-metrics ``nearest_neighbors/_dataclass.py``).
+:func:`nearest_neighbors` does the search exactly, in blocks of rows, so memory stays linear in the number of wells;
+:attr:`NeighborsResult.connectivities` turns it into the UMAP fuzzy graph that scanpy and scib-metrics cluster on.
+
+References
+----------
+McInnes, L., Healy, J. & Melville, J. UMAP: Uniform Manifold Approximation and Projection for Dimension Reduction.
+arXiv:1802.03426 (2018).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import sparse
+
+Metric = Literal["euclidean", "cosine"]
+
+#: Rows of the distance matrix held at once (2,048 rows × 50,000 wells of float32 is 400 MB).
+DEFAULT_BLOCK_SIZE = 2048
+#: Bisection steps and tolerance of UMAP's ``smooth_knn_dist``.
+_SMOOTH_K_ITERATIONS = 64
+_SMOOTH_K_TOLERANCE = 1e-5
+#: UMAP's ``MIN_K_DIST_SCALE``: the kernel width is at least this fraction of the mean neighbour distance.
+_MIN_K_DIST_SCALE = 1e-3
+
+
+@dataclass(frozen=True)
+class NeighborsResult:
+    """The k nearest neighbours of every sample, the sample itself first.
+
+    Attributes
+    ----------
+    indices
+        Array of shape (n_samples, n_neighbors): neighbour indices sorted by distance; column 0 is the sample.
+    distances
+        Array of the same shape: the distances to those neighbours (column 0 is 0).
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.distances.shape or self.indices.ndim != 2:
+            raise ValueError(
+                f"indices {self.indices.shape} and distances {self.distances.shape} must be 2-D arrays of one shape."
+            )
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples."""
+        return self.indices.shape[0]
+
+    @property
+    def n_neighbors(self) -> int:
+        """Number of neighbours per sample, the sample itself included."""
+        return self.indices.shape[1]
+
+    def subset(self, n_neighbors: int) -> NeighborsResult:
+        """Return the first ``n_neighbors`` neighbours of every sample."""
+        if n_neighbors > self.n_neighbors:
+            raise ValueError(f"Asked for {n_neighbors} neighbours, but only {self.n_neighbors} were computed.")
+        return NeighborsResult(self.indices[:, :n_neighbors], self.distances[:, :n_neighbors])
+
+    @cached_property
+    def adjacency(self) -> sparse.csr_matrix:
+        """Directed kNN graph: an edge (weight 1) from each sample to each of its neighbours."""
+        n, k = self.indices.shape
+        data = np.ones(n * k, dtype=np.float32)
+        return sparse.csr_matrix((data, self.indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+
+    @cached_property
+    def connectivities(self) -> sparse.csr_matrix:
+        """Symmetric UMAP fuzzy-set graph of the neighbours (``umap.fuzzy_simplicial_set``, as scanpy uses it).
+
+        Each edge gets ``exp(-(d - rho) / sigma)``, where ``rho`` is the distance to the nearest non-identical
+        neighbour and ``sigma`` is found by bisection so that the weights of a sample sum to ``log2(k)``; the graph is
+        then symmetrised with the fuzzy union ``A + Aᵀ - A ∘ Aᵀ``.
+        """
+        sigmas, rhos = _smooth_knn_distances(self.distances)
+        weights = np.exp(-np.clip(self.distances - rhos[:, None], 0.0, None) / sigmas[:, None])
+        weights[self.indices == np.arange(self.n_samples)[:, None]] = 0.0
+        n, k = self.indices.shape
+        graph = sparse.csr_matrix(
+            (weights.astype(np.float32).ravel(), self.indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n)
+        )
+        graph.eliminate_zeros()
+        transpose = graph.T.tocsr()
+        union = graph + transpose - graph.multiply(transpose)
+        union.eliminate_zeros()
+        return union.tocsr()
+
+
+def _smooth_knn_distances(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel widths ``sigma`` and offsets ``rho`` of UMAP's ``smooth_knn_dist`` (local connectivity 1), vectorised."""
+    distances = distances.astype(np.float32).astype(np.float64)
+    n, k = distances.shape
+    target = np.log2(k)
+    positive = np.where(distances > 0, distances, np.inf)
+    rhos = positive.min(axis=1)
+    rhos[~np.isfinite(rhos)] = 0.0
+    lo = np.zeros(n)
+    hi = np.full(n, np.inf)
+    mid = np.ones(n)
+    active = np.ones(n, dtype=bool)
+    for _ in range(_SMOOTH_K_ITERATIONS):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        shifted = distances[rows, 1:] - rhos[rows, None]
+        psum = np.where(shifted > 0, np.exp(-shifted / mid[rows, None]), 1.0).sum(axis=1)
+        done = np.abs(psum - target) < _SMOOTH_K_TOLERANCE
+        too_wide = (psum > target) & ~done
+        too_narrow = ~too_wide & ~done
+        hi[rows[too_wide]] = mid[rows[too_wide]]
+        lo[rows[too_narrow]] = mid[rows[too_narrow]]
+        unbounded = too_narrow & ~np.isfinite(hi[rows])
+        mid[rows[unbounded]] *= 2
+        bounded = (too_wide | too_narrow) & ~unbounded
+        mid[rows[bounded]] = (lo[rows[bounded]] + hi[rows[bounded]]) / 2
+        active[rows[done]] = False
+    sigmas = mid.astype(np.float32).astype(np.float64)
+    floor = np.where(rhos > 0, distances.mean(axis=1), distances.mean()) * _MIN_K_DIST_SCALE
+    return np.maximum(sigmas, floor), rhos
+
+
+def nearest_neighbors(
+    X: np.ndarray,
+    n_neighbors: int,
+    *,
+    metric: Metric = "euclidean",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> NeighborsResult:
+    """Exact k nearest neighbours of every row of ``X``, the row itself first.
+
+    Distances of a block of rows to all rows are formed with one matrix product (float32) and the k smallest are
+    kept, so memory is ``block_size × n`` whatever ``n`` is; the kept distances are then recomputed exactly in
+    float64 and sorted. Exact search makes the graph metrics reproducible, unlike approximate search
+    (pynndescent in scib-metrics), at the cost of ``O(n² d)`` arithmetic: about 10 s for 50,000 wells × 64
+    dimensions on two CPU cores.
+
+    Parameters
+    ----------
+    X
+        Array of shape (n_samples, n_features).
+    n_neighbors
+        Neighbours per sample, the sample itself included.
+    metric
+        ``"euclidean"`` (scib-metrics' default) or ``"cosine"`` (``1 - cosine similarity``, the JUMP benchmark's
+        choice for its neighbour graphs).
+    block_size
+        Rows of the distance matrix formed at once.
+
+    Returns
+    -------
+    The neighbours and their distances.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    if not 1 <= n_neighbors <= n:
+        raise ValueError(f"n_neighbors must be between 1 and the number of samples ({n}), got {n_neighbors}.")
+    points = _prepared_points(X, metric)
+    points32 = torch.from_numpy(points.astype(np.float32))
+    squared_norms = (points32 * points32).sum(dim=1)
+    indices = np.empty((n, n_neighbors), dtype=np.int64)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        block = torch.addmm(squared_norms[None, :], points32[start:stop], points32.T, alpha=-2.0)
+        block[torch.arange(stop - start), torch.arange(start, stop)] = -np.inf  # the sample itself comes first
+        indices[start:stop] = torch.topk(block, n_neighbors, dim=1, largest=False).indices.numpy()
+    distances = _exact_distances(points, indices, metric)
+    order = np.argsort(distances[:, 1:], axis=1, kind="stable") + 1
+    order = np.concatenate([np.zeros((n, 1), dtype=np.int64), order], axis=1)
+    return NeighborsResult(np.take_along_axis(indices, order, 1), np.take_along_axis(distances, order, 1))
+
+
+def _prepared_points(X: np.ndarray, metric: Metric) -> np.ndarray:
+    """Centre the rows (Euclidean: fewer cancellation errors) or scale them to unit length (cosine)."""
+    if metric == "euclidean":
+        return X - X.mean(axis=0)
+    if metric == "cosine":
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        return X / np.where(norms > 0, norms, 1.0)
+    raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
+
+
+def _exact_distances(points: np.ndarray, indices: np.ndarray, metric: Metric) -> np.ndarray:
+    """Distances from each row of ``points`` to its listed neighbours, in float64."""
+    distances = np.empty(indices.shape)
+    for start in range(0, indices.shape[0], DEFAULT_BLOCK_SIZE):
+        rows = points[start : start + DEFAULT_BLOCK_SIZE]
+        neighbours = points[indices[start : start + DEFAULT_BLOCK_SIZE]]
+        if metric == "euclidean":
+            distances[start : start + len(rows)] = np.linalg.norm(neighbours - rows[:, None, :], axis=2)
+        else:
+            distances[start : start + len(rows)] = np.clip(1.0 - np.einsum("nkd,nd->nk", neighbours, rows), 0, None)
+    distances[:, 0] = 0.0
+    return distances

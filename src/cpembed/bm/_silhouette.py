@@ -1,0 +1,184 @@
+"""Average silhouette width (ASW) of labels and of batches within labels, without a samples × samples matrix.
+
+The silhouette of sample i in cluster c is ``(b - a) / max(a, b)``, where ``a`` is its mean distance to the other
+members of c and ``b`` its smallest mean distance to another cluster (Rousseeuw 1987; ``sklearn.metrics.
+silhouette_samples``). Both only need, for each sample, the *sum of its distances to each cluster*:
+
+- cosine distance ``1 - u·v`` (unit vectors) sums to ``|c| - u·Σ_c v``: one product with the per-cluster sums of
+  the unit vectors, ``O(n · clusters · d)``;
+- Euclidean distance has no such shortcut: distances are formed for a block of rows against all samples (sorted by
+  cluster) and summed per cluster, ``O(n² d)`` time but ``block_size × n`` memory.
+
+References
+----------
+Rousseeuw, P. J. Silhouettes: a graphical aid to the interpretation and validation of cluster analysis.
+*Journal of Computational and Applied Mathematics* 20, 53–65 (1987).
+
+Luecken, M. D. et al. Benchmarking atlas-level data integration in single-cell genomics. *Nature Methods* 19,
+41–50 (2022) (the batch and label silhouettes; scib-metrics ``metrics/_silhouette.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._neighbors import Metric, _prepared_points
+
+#: Rows of the distance matrix formed at once for Euclidean silhouettes (1,024 × 50,000 float32 is 200 MB).
+DEFAULT_BLOCK_SIZE = 1024
+
+
+def silhouette_samples(
+    X: np.ndarray, labels: np.ndarray, *, metric: Metric = "euclidean", block_size: int = DEFAULT_BLOCK_SIZE
+) -> np.ndarray:
+    """Silhouette coefficient of every sample (as ``sklearn.metrics.silhouette_samples``; 0 for singletons).
+
+    Parameters
+    ----------
+    X
+        Array of shape (n_samples, n_features).
+    labels
+        Cluster of each sample; at least two distinct values.
+    metric
+        ``"euclidean"`` (default of scikit-learn and scib-metrics) or ``"cosine"`` (the JUMP benchmark's choice).
+    block_size
+        Rows of the distance matrix formed at once (Euclidean only).
+
+    Returns
+    -------
+    Array of shape (n_samples,) with values in [-1, 1].
+    """
+    X = np.asarray(X, dtype=np.float64)
+    codes, sizes = _cluster_codes(labels, X.shape[0])
+    if sizes.size < 2:
+        raise ValueError("The silhouette needs at least two distinct labels.")
+    sums = _cluster_distance_sums(X, codes, sizes, metric, block_size)
+    own = sums[np.arange(len(codes)), codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra = own / (sizes[codes] - 1)
+        mean_to_cluster = sums / sizes
+    mean_to_cluster[np.arange(len(codes)), codes] = np.inf
+    inter = mean_to_cluster.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        silhouettes = (inter - intra) / np.maximum(intra, inter)
+    silhouettes[sizes[codes] == 1] = 0.0
+    return np.nan_to_num(silhouettes)
+
+
+def silhouette_label(
+    X: np.ndarray,
+    labels: np.ndarray,
+    *,
+    metric: Metric = "euclidean",
+    rescale: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> float:
+    """Silhouette of the biological labels: mean silhouette, rescaled to ``(ASW + 1) / 2`` (scib-metrics).
+
+    Parameters
+    ----------
+    X
+        Array of shape (n_samples, n_features).
+    labels
+        Label (e.g. MoA or compound) of each sample.
+    metric
+        ``"euclidean"`` (scib-metrics' default) or ``"cosine"`` (Arevalo et al. 2024, ``metrics/scib.py``).
+    rescale
+        Map [-1, 1] to [0, 1] (scib-metrics' default), so that higher is better.
+    block_size
+        Rows of the distance matrix formed at once (Euclidean only).
+
+    Returns
+    -------
+    The label silhouette; higher means labels are better separated.
+    """
+    asw = float(np.mean(silhouette_samples(X, labels, metric=metric, block_size=block_size)))
+    return (asw + 1) / 2 if rescale else asw
+
+
+def silhouette_batch(
+    X: np.ndarray,
+    labels: np.ndarray,
+    batch: np.ndarray,
+    *,
+    metric: Metric = "euclidean",
+    rescale: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> float:
+    """Batch silhouette within labels (scib ``silhouette_batch``): 1 is perfectly mixed batches.
+
+    For each label seen in at least two batches (and with fewer batches than samples), the silhouette of its
+    samples with respect to their batch is computed on that label's samples alone; each sample scores
+    ``1 - |silhouette|``; the scores are averaged per label, then over labels (Luecken et al. 2022).
+
+    Parameters
+    ----------
+    X
+        Array of shape (n_samples, n_features).
+    labels
+        Biological label of each sample.
+    batch
+        Batch of each sample.
+    metric
+        ``"euclidean"`` (scib-metrics' default) or ``"cosine"`` (Arevalo et al. 2024).
+    rescale
+        Score ``1 - |s|`` (scib's default); with ``False`` the mean of ``|s|`` is returned (lower is better).
+    block_size
+        Rows of the distance matrix formed at once (Euclidean only).
+
+    Returns
+    -------
+    The batch silhouette, or NaN (with no label present in two batches).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels)
+    batch = np.asarray(batch)
+    per_label = []
+    for label in pd.unique(labels):
+        mask = labels == label
+        n_batches = len(pd.unique(batch[mask]))
+        if n_batches == 1 or n_batches == mask.sum():
+            continue
+        scores = np.abs(silhouette_samples(X[mask], batch[mask], metric=metric, block_size=block_size))
+        per_label.append(np.mean(1 - scores if rescale else scores))
+    return float(np.mean(per_label)) if per_label else float("nan")
+
+
+def _cluster_codes(labels: np.ndarray, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer cluster codes 0..C-1 and cluster sizes."""
+    labels = np.asarray(labels)
+    if labels.shape != (n_samples,):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({n_samples},).")
+    codes = pd.factorize(labels)[0]
+    if (codes < 0).any():
+        raise ValueError("labels has missing values.")
+    return codes, np.bincount(codes).astype(np.float64)
+
+
+def _cluster_distance_sums(
+    X: np.ndarray, codes: np.ndarray, sizes: np.ndarray, metric: Metric, block_size: int
+) -> np.ndarray:
+    """Array (n_samples, n_clusters): the sum of the distances from each sample to each cluster's members."""
+    points = _prepared_points(X, metric)
+    if metric == "cosine":
+        unit_sums = np.zeros((sizes.size, points.shape[1]))
+        np.add.at(unit_sums, codes, points)
+        return sizes[None, :] - points @ unit_sums.T
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int64)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    points32 = torch.from_numpy(points.astype(np.float32))
+    sorted_points = points32[torch.from_numpy(order)]
+    squared = (points32 * points32).sum(dim=1)
+    sorted_squared = squared[torch.from_numpy(order)]
+    sums = np.empty((len(codes), sizes.size))
+    for start in range(0, len(codes), block_size):
+        stop = min(start + block_size, len(codes))
+        block = torch.addmm(sorted_squared[None, :], points32[start:stop], sorted_points.T, alpha=-2.0)
+        block.add_(squared[start:stop, None]).clamp_(min=0.0).sqrt_()
+        block[torch.arange(stop - start), torch.from_numpy(position[start:stop])] = 0.0
+        sums[start:stop] = np.add.reduceat(block.numpy(), starts, axis=1, dtype=np.float64)
+    return sums

@@ -1,0 +1,199 @@
+"""UMAP grid comparing embeddings: methods as columns, colourings as rows (CellPainTR paper, Figures 4 and 7)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._validation import check_obs_keys, check_obsm_keys
+from ._utils import finish_figure
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+#: Colour of negative-control wells in every panel (the paper draws them in red).
+CONTROL_COLOR = "#d62728"
+
+
+def umap_key(basis: str) -> str:
+    """Return the ``.obsm`` key under which :func:`umap` stores the UMAP of ``basis``."""
+    return "X_umap" if basis == "X" else f"{basis}_umap"
+
+
+def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_state: int = 0) -> np.ndarray:
+    """Compute a 2-d UMAP of one embedding without touching ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    basis
+        ``.obsm`` key of the embedding, or ``"X"`` for the features.
+    n_neighbors
+        Size of the neighbourhood graph (scanpy's default, 15).
+    random_state
+        Seed of the UMAP layout.
+
+    Returns
+    -------
+    The wells x 2 UMAP coordinates.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    check_obsm_keys(adata, basis)
+    data = np.asarray(adata.X if basis == "X" else adata.obsm[basis], dtype=np.float32)
+    scratch = ad.AnnData(np.zeros((adata.n_obs, 0), dtype=np.float32), obsm={"rep": data})
+    sc.pp.neighbors(scratch, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
+    sc.tl.umap(scratch, random_state=random_state)
+    return scratch.obsm["X_umap"]
+
+
+def _palette(adata: AnnData, column: str, control_key: str | None) -> dict[str, str]:
+    """Colours per category; categories made only of control wells get :data:`CONTROL_COLOR`."""
+    values = adata.obs[column].astype(str)
+    categories = sorted(values.unique())
+    control_categories = set()
+    if control_key is not None:
+        is_control = adata.obs[control_key].to_numpy(dtype=bool)
+        control_categories = set(values[is_control]) - set(values[~is_control])
+    others = [category for category in categories if category not in control_categories]
+    palette = {category: _hex(colour) for category, colour in zip(others, _distinct_colours(len(others)), strict=True)}
+    palette.update(dict.fromkeys(control_categories, CONTROL_COLOR))
+    return palette
+
+
+def _distinct_colours(n: int) -> list:
+    """``n`` colours that stay distinguishable from each other and from :data:`CONTROL_COLOR`."""
+    from matplotlib import colormaps
+
+    if n <= 9:
+        return [colour for i, colour in enumerate(colormaps["tab10"].colors) if i != 3][:n]
+    if n <= 18:
+        return [colour for i, colour in enumerate(colormaps["tab20"].colors) if i not in (6, 7)][:n]
+    return [colormaps["nipy_spectral"](0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _hex(rgba: Sequence[float]) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(rgba)
+
+
+def umap(
+    adata: AnnData,
+    basis: Sequence[str],
+    color: Sequence[str],
+    *,
+    control_key: str | None = None,
+    titles: Sequence[str] | None = None,
+    store: bool = True,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    point_size: float | None = None,
+    panel_size: float = 3.5,
+    show: bool | None = None,
+    save: str | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
+    """Draw a grid of UMAPs: one column per embedding, one row per colouring.
+
+    The layout of the CellPainTR paper's Figures 4 and 7: methods side by side, coloured by source (batch effects)
+    and by mechanism of action (biology), with negative controls in one fixed colour.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the embeddings.
+    basis
+        ``.obsm`` keys of the embeddings to compare (``"X"`` for the features), one column each.
+    color
+        ``.obs`` columns to colour by, one row each.
+    control_key
+        Boolean ``.obs`` column marking negative controls. Categories that only control wells carry (``"DMSO"``)
+        are drawn in :data:`CONTROL_COLOR` in every row.
+    titles
+        Column titles; default: the basis names.
+    store
+        Whether a UMAP that had to be computed is kept in ``adata.obsm[<basis>_umap]`` (``X_umap`` for ``"X"``) so
+        that the next call reuses it. That key is the only thing this function writes.
+    n_neighbors, random_state
+        Passed to the UMAP of each embedding that has none yet.
+    point_size
+        Marker size; default scales with the number of wells.
+    panel_size
+        Width and height of one panel, in inches.
+    show
+        Show the figure (default: when neither ``save`` nor ``return_fig`` is set).
+    save
+        Path to save the figure to.
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The figure if ``return_fig`` is true, else ``None``.
+    """
+    import matplotlib.pyplot as plt
+
+    basis, color = list(basis), list(color)
+    if not basis or not color:
+        raise ValueError("Pass at least one embedding in `basis` and one obs column in `color`.")
+    check_obsm_keys(adata, *basis)
+    check_obs_keys(adata, *color, control_key)
+    titles = list(titles) if titles is not None else basis
+    if len(titles) != len(basis):
+        raise ValueError(f"Got {len(titles)} titles for {len(basis)} embeddings.")
+
+    coordinates = {}
+    for name in basis:
+        key = umap_key(name)
+        if key not in adata.obsm:
+            coordinates[name] = compute_umap(adata, name, n_neighbors=n_neighbors, random_state=random_state)
+            if store:
+                adata.obsm[key] = coordinates[name]
+                logger.info("added UMAP of %r in adata.obsm[%r]", name, key)
+        else:
+            coordinates[name] = np.asarray(adata.obsm[key])
+
+    size = point_size if point_size is not None else max(120_000 / adata.n_obs, 2.0) / 10
+    fig, axes = plt.subplots(
+        len(color), len(basis), figsize=(panel_size * len(basis) + 2.5, panel_size * len(color)), squeeze=False
+    )
+    for row, column in enumerate(color):
+        palette = _palette(adata, column, control_key)
+        values = adata.obs[column].astype(str).to_numpy()
+        # Draw controls last so they stay visible on top of the perturbations.
+        order = np.argsort(np.array([palette[value] == CONTROL_COLOR for value in values]), kind="stable")
+        for col, name in enumerate(basis):
+            ax = axes[row, col]
+            xy = coordinates[name][order]
+            ax.scatter(xy[:, 0], xy[:, 1], c=[palette[v] for v in values[order]], s=size, linewidths=0, rasterized=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col])
+            if col == 0:
+                ax.set_ylabel(column)
+        _legend(axes[row, -1], palette)
+    fig.tight_layout()
+    return finish_figure(fig, show=show, save=save, return_fig=return_fig)
+
+
+def _legend(ax, palette: dict[str, str], max_entries: int = 20) -> None:
+    from matplotlib.lines import Line2D
+
+    entries = list(palette.items())
+    shown = [entry for entry in entries if entry[1] == CONTROL_COLOR] + [e for e in entries if e[1] != CONTROL_COLOR]
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=colour, label=label) for label, colour in shown[:max_entries]
+    ]
+    if len(entries) > max_entries:
+        handles.append(Line2D([], [], linestyle="", label=f"... {len(entries) - max_entries} more"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize="small")

@@ -1,0 +1,206 @@
+"""cpe.bm.benchmark and cpe.pl.benchmark_table on real BBBC021 profiles and simulated JUMP-like profiles."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.decomposition import PCA
+
+import cpembed as cpe
+from cpembed import bm
+
+KEYS = {
+    "batch_key": "Metadata_Batch",
+    "label_key": "Metadata_moa",
+    "perturbation_key": "Metadata_Compound",
+    "plate_key": "Metadata_Plate",
+    "control_key": "Metadata_is_negcon",
+}
+FAST = ["graph_connectivity", "silhouette_batch", "silhouette_label", "kbet", "ilisi", "clisi", "leiden_nmi"]
+
+
+@pytest.fixture(scope="module")
+def bbbc021():
+    """BBBC021 normalised per plate to its DMSO wells, with 20-d and 5-d PCA embeddings."""
+    adata = cpe.datasets.bbbc021()
+    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon", method="standardize")
+    features = np.asarray(adata.X, dtype=np.float64)
+    adata = adata[:, np.isfinite(features).all(axis=0) & (features.std(axis=0) > 0)].copy()
+    adata.obsm["X_pca"] = PCA(20, random_state=0).fit_transform(np.asarray(adata.X, dtype=np.float64))
+    adata.obsm["X_pca5"] = adata.obsm["X_pca"][:, :5].copy()
+    return adata
+
+
+@pytest.fixture(scope="module")
+def table(bbbc021):
+    adata = bbbc021.copy()
+    result = bm.benchmark(adata, ["X_pca", "X_pca5"], **KEYS, null_size=2000, progress=False)
+    return adata, result
+
+
+def test_table_has_the_published_columns(table, tmp_path):
+    adata, result = table
+    assert list(result.index) == ["X_pca", "X_pca5"]
+    assert list(result.columns) == list(bm.METRIC_COLUMNS) + list(bm.SCORE_COLUMNS)
+    assert result.notna().all().all()
+    assert ((result >= 0) & (result <= 1)).all().all()
+    pd.testing.assert_frame_equal(adata.uns["cpe_benchmark"], result)
+    adata.write_h5ad(tmp_path / "benchmarked.h5ad")  # the table survives a round trip through h5ad
+    pd.testing.assert_frame_equal(ad.read_h5ad(tmp_path / "benchmarked.h5ad").uns["cpe_benchmark"], result)
+
+
+def test_table_equals_the_metric_functions_under_the_protocol(bbbc021, table):
+    _, result = table
+    X = bbbc021.obsm["X_pca"]
+    obs = bbbc021.obs
+    control = obs["Metadata_is_negcon"].to_numpy()
+    treated = ~control
+    moa, week = obs["Metadata_moa"].to_numpy().astype(str), obs["Metadata_Batch"].to_numpy().astype(str)
+    neighbors = bm.nearest_neighbors(X[treated], 90)  # controls left out of the graph and silhouette metrics
+    leiden = bm.leiden_nmi_ari(neighbors.subset(15), moa[treated])
+    with_control_class = np.where(control, bm._benchmark.CONTROL_CLASS, moa)
+    map_control = bm.map_control(X, obs["Metadata_Compound"], obs["Metadata_Plate"], control, null_size=2000)
+    map_no_rep = bm.map_no_rep(X, obs["Metadata_Compound"], obs["Metadata_Plate"], control, null_size=2000)
+    expected = {
+        "graph_connectivity": bm.graph_connectivity(neighbors.subset(15), moa[treated]),
+        "silhouette_batch": bm.silhouette_batch(X[treated], moa[treated], week[treated]),
+        "batch_classifier_control": bm.batch_classifier(X, week),
+        "batch_classifier_no_control": bm.batch_classifier(X[treated], week[treated]),
+        "leiden_nmi": leiden.nmi,
+        "leiden_ari": leiden.ari,
+        "silhouette_label": bm.silhouette_label(X[treated], moa[treated]),
+        "map_control": map_control.mean_average_precision,
+        "map_no_rep": map_no_rep.mean_average_precision,
+        "bio_info_control": bm.bio_information(X, with_control_class),
+        "bio_info_no_control": bm.bio_information(X[treated], moa[treated]),
+        "kbet": bm.kbet_per_label(neighbors.subset(50), week[treated], moa[treated]),
+        "ilisi": bm.ilisi(neighbors, week[treated]),
+        "clisi": bm.clisi(neighbors, moa[treated]),
+        "map_control_fraction_retrieved": map_control.fraction_retrieved,
+        "map_no_rep_fraction_retrieved": map_no_rep.fraction_retrieved,
+    }
+    for column, value in expected.items():
+        assert result.loc["X_pca", column] == pytest.approx(value, abs=1e-12), column
+
+
+def test_aggregates_follow_the_papers(table):
+    _, result = table
+    row = result.loc["X_pca"]
+    # CellPainTR appendix C.2.5, Eqs. 21-23.
+    batch = np.mean(
+        [row.graph_connectivity, row.silhouette_batch, row.batch_classifier_control, row.batch_classifier_no_control]
+    )
+    bio = np.mean(
+        [
+            row.leiden_nmi,
+            row.leiden_ari,
+            row.silhouette_label,
+            row.map_control,
+            row.map_no_rep,
+            row.bio_info_control,
+            row.bio_info_no_control,
+        ]
+    )
+    assert row.batch_score == pytest.approx(batch, abs=1e-12)
+    assert row.bio_score == pytest.approx(bio, abs=1e-12)
+    assert row.overall_score == pytest.approx((batch + bio) / 2, abs=1e-12)
+    # Arevalo et al. 2024: 0.4 batch + 0.6 bio over their metric set.
+    jump_batch = np.mean([row.graph_connectivity, row.silhouette_batch, row.kbet, row.ilisi])
+    jump_bio = np.mean(
+        [row.leiden_nmi, row.leiden_ari, row.silhouette_label, row.clisi, row.map_control, row.map_no_rep]
+    )
+    assert row.total_score == pytest.approx(0.4 * jump_batch + 0.6 * jump_bio, abs=1e-12)
+
+
+def test_benchmark_leaves_adata_unchanged_but_uns(bbbc021):
+    adata = bbbc021.copy()
+    before = (
+        adata.obs.copy(),
+        adata.X.copy(),
+        {key: value.copy() for key, value in adata.obsm.items()},
+        set(adata.uns),
+    )
+    result = bm.benchmark(adata, "X_pca5", **KEYS, metrics=["graph_connectivity"], progress=False, key_added="bench")
+    pd.testing.assert_frame_equal(adata.obs, before[0])
+    np.testing.assert_array_equal(adata.X, before[1])
+    assert adata.obsm.keys() == before[2].keys()
+    assert set(adata.uns) - before[3] == {"bench"}
+    assert result["graph_connectivity"].notna().all()
+    assert result.drop(columns="graph_connectivity").isna().all().all()  # not computed, so no aggregate either
+
+
+def test_a_batch_corrected_embedding_scores_better_on_simulated_profiles():
+    adata = cpe.datasets.simulate_profiles(
+        n_sources=2,
+        n_batches_per_source=2,
+        n_plates_per_batch=1,
+        plate_format=96,
+        n_compounds=20,
+        n_moas=4,
+        n_features=100,
+        seed=0,
+    )
+    cpe.pp.recipe_jump(adata, "Metadata_Plate", "Metadata_is_negcon")
+    adata = adata[~adata.obs["Metadata_is_poscon"].to_numpy()].copy()
+    pcs = PCA(10, random_state=0).fit_transform(np.asarray(adata.X, dtype=np.float64))
+    source = adata.obs["Metadata_Source"].to_numpy()
+    centred = pcs.copy()
+    for name in np.unique(source):  # remove each source's mean: a crude batch correction
+        centred[source == name] -= pcs[source == name].mean(axis=0)
+    adata.obsm["X_pca"], adata.obsm["X_centred"] = pcs, centred
+    keys = {**KEYS, "batch_key": "Metadata_Source"}
+    result = bm.benchmark(adata, ["X_pca", "X_centred"], **keys, metrics=FAST, progress=False)
+    assert result.loc["X_centred", "ilisi"] > result.loc["X_pca", "ilisi"]
+    assert result.loc["X_centred", "silhouette_batch"] > result.loc["X_pca", "silhouette_batch"]
+
+
+def test_bad_input_gets_clear_errors(bbbc021):
+    adata = bbbc021.copy()
+    with pytest.raises(KeyError, match="Metadata_Nope"):
+        bm.benchmark(adata, "X_pca", **{**KEYS, "batch_key": "Metadata_Nope"}, progress=False)
+    with pytest.raises(KeyError, match="X_missing"):
+        bm.benchmark(adata, ["X_pca", "X_missing"], **KEYS, progress=False)
+    adata.obsm["X_nan"] = adata.obsm["X_pca"].copy()
+    adata.obsm["X_nan"][3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_nan'\] contains 1 NaN"):
+        bm.benchmark(adata, "X_nan", **KEYS, progress=False)
+    adata.obs["one_batch"] = "Week1"
+    with pytest.raises(ValueError, match="single batch"):
+        bm.benchmark(adata, "X_pca", **{**KEYS, "batch_key": "one_batch"}, progress=False)
+    adata.obs["flag_as_text"] = adata.obs["Metadata_is_negcon"].astype(str)
+    with pytest.raises(TypeError, match="must be boolean"):
+        bm.benchmark(adata, "X_pca", **{**KEYS, "control_key": "flag_as_text"}, progress=False)
+    with pytest.raises(ValueError, match="Unknown metrics"):
+        bm.benchmark(adata, "X_pca", **KEYS, metrics=["graph_conn"], progress=False)
+    adata.obs["moa_with_gap"] = adata.obs["Metadata_moa"].astype(object)
+    adata.obs.loc[adata.obs.index[~adata.obs["Metadata_is_negcon"]][0], "moa_with_gap"] = None
+    with pytest.raises(ValueError, match="missing for 1 non-control wells"):
+        bm.benchmark(adata, "X_pca", **{**KEYS, "label_key": "moa_with_gap"}, progress=False)
+
+
+def test_benchmark_table_draws(table, tmp_path):
+    import matplotlib.pyplot as plt
+
+    _, result = table
+    path = tmp_path / "table.png"
+    fig = cpe.pl.benchmark_table(result, save=str(path), return_fig=True)
+    assert path.stat().st_size > 10_000
+    ax = fig.axes[0]
+    n_metrics = sum(
+        column in result
+        for group in ("Batch correction", "Bio conservation")
+        for column in cpe.pl._benchmark_table.COLUMN_GROUPS[group]
+    )
+    assert sum(len(c.get_offsets()) for c in ax.collections) == n_metrics * len(result)  # one circle per value
+    labels = [text.get_text() for text in ax.texts]
+    best = result["overall_score"].idxmax()
+    assert labels.index(best) < labels.index(result["overall_score"].idxmin())  # best method on top
+    plt.close(fig)
+    _, own_ax = plt.subplots()
+    assert cpe.pl.benchmark_table(result[["graph_connectivity", "overall_score"]], ax=own_ax) is None
+    with pytest.raises(ValueError, match="no metric column"):
+        cpe.pl.benchmark_table(pd.DataFrame({"other": [1.0]}), show=False)
