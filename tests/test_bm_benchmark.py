@@ -204,3 +204,28 @@ def test_benchmark_table_draws(table, tmp_path):
     assert cpe.pl.benchmark_table(result[["graph_connectivity", "overall_score"]], ax=own_ax) is None
     with pytest.raises(ValueError, match="no metric column"):
         cpe.pl.benchmark_table(pd.DataFrame({"other": [1.0]}), show=False)
+
+
+def test_well_key_restricts_only_the_control_map():
+    """Same-position replicates are excluded from the control mAP only, as in the JUMP benchmark."""
+    adata = cpe.datasets.simulate_profiles(n_sources=2, n_batches_per_source=1, n_plates_per_batch=2, n_features=40)
+    cpe.pp.recipe_jump(adata, "Metadata_Plate", "Metadata_is_negcon")
+    obs = adata.obs
+    result = bm.benchmark(
+        adata,
+        "X",
+        **{**KEYS, "batch_key": "Metadata_Source"},
+        well_key="Metadata_Well",
+        metrics=["map_control", "map_no_rep"],
+        null_size=500,
+        progress=False,
+    )
+    arrays = (
+        np.asarray(adata.X),
+        obs["Metadata_Compound"],
+        obs["Metadata_Plate"],
+        obs["Metadata_is_negcon"].to_numpy(),
+    )
+    with_well = bm.map_control(*arrays, well=obs["Metadata_Well"], null_size=500)
+    assert result.loc["X", "map_control"] == pytest.approx(with_well.mean_average_precision, abs=1e-12)
+    assert result.loc["X", "map_no_rep"] == pytest.approx(bm.map_no_rep(*arrays, null_size=500).mean_average_precision)

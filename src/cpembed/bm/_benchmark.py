@@ -151,7 +151,7 @@ class _EmbeddingScores:
         return {"random_state": self.settings.classifier_seed, "n_jobs": self.settings.n_jobs}
 
     def map_control(self) -> dict[str, float]:
-        result = map_control(self.X, *self._map_arrays, **self._map_options)
+        result = map_control(self.X, *self._map_arrays, well=self.wells.well, **self._map_options)
         return {
             "map_control": result.mean_average_precision,
             "map_control_fraction_retrieved": result.fraction_retrieved,
@@ -168,7 +168,7 @@ class _EmbeddingScores:
     @property
     def _map_options(self) -> dict:
         s = self.settings
-        return {"well": self.wells.well, "distance": s.map_distance, "null_size": s.null_size, "threshold": s.threshold}
+        return {"distance": s.map_distance, "null_size": s.null_size, "threshold": s.threshold}
 
 
 #: Each step of the benchmark and the columns it fills, in the order they run.
@@ -249,8 +249,9 @@ def benchmark(
     control_key
         Boolean ``.obs`` column, ``True`` for negative-control wells.
     well_key
-        ``.obs`` column with the well position; passed to mAP so that replicates at the same position are not
-        positives (``None``: no such restriction).
+        ``.obs`` column with the well position; passed to the control mAP so that replicates at the same position
+        are not positives (``None``: no such restriction). The no-rep mAP has no such restriction, as in the JUMP
+        benchmark (Arevalo et al. 2024), where only the control setting excludes same-position replicates.
     metrics
         Metric columns to compute (names from :data:`METRIC_COLUMNS`); ``None`` computes all. Columns not computed
         are NaN, and so are the aggregates that need them.
