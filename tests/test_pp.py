@@ -415,6 +415,16 @@ def test_feature_groups_on_bbbc021(bbbc021):
     assert set(groups.cat.categories) == expected
 
 
+def test_feature_groups_after_an_h5ad_round_trip(bbbc021, tmp_path):
+    """Written .h5ad files store the parsed name columns as categoricals; grouping must read them the same."""
+    expected = cpe.pp.feature_groups(bbbc021, copy=True).var["feature_group"]
+    bbbc021.write_h5ad(tmp_path / "profiles.h5ad")
+    reread = ad.read_h5ad(tmp_path / "profiles.h5ad")
+    assert isinstance(reread.var["channel"].dtype, pd.CategoricalDtype)
+    cpe.pp.feature_groups(reread)
+    pd.testing.assert_series_equal(reread.var["feature_group"], expected)
+
+
 def test_feature_groups_on_jump_names():
     names = [
         "Nuclei_Correlation_Correlation_DNA_ER",

@@ -36,7 +36,8 @@ def feature_group_labels(parts: pd.DataFrame) -> np.ndarray:
     One label per row of ``parts``.
     """
     labels = []
-    for compartment, *channels in parts[_PARTS].fillna("").astype(str).itertuples(index=False):
+    # object first: categorical columns (as .h5ad files store them) accept no new fill value
+    for compartment, *channels in parts[_PARTS].astype(object).fillna("").astype(str).itertuples(index=False):
         dyes = "_".join(sorted(channel for channel in channels if channel))
         compartment = compartment or NO_COMPARTMENT
         labels.append(f"{dyes}-{compartment}" if dyes else compartment)
