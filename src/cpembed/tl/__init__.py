@@ -1,9 +1,10 @@
 """Embeddings written to ``.obsm``: batch-correction baselines, CellPainTR and CWA-MSN."""
 
+from ._cellpaintr import cellpaintr
 from ._combat import combat
 from ._cwamsn import cwamsn
 from ._handcrafted import handcrafted_features
 from ._harmony import harmony
 from ._sphering import sphering
 
-__all__ = ["combat", "cwamsn", "handcrafted_features", "harmony", "sphering"]
+__all__ = ["cellpaintr", "combat", "cwamsn", "handcrafted_features", "harmony", "sphering"]

@@ -1,0 +1,611 @@
+"""CellPainTR: a source-aware transformer that embeds Cell Painting profiles across sources (scvi-tools style)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass
+from scvi.model.base._save_load import _load_saved_files
+from scvi.train import TrainRunner
+
+from cpembed._validation import check_obs_keys
+from cpembed.module import CellPainTRModule
+from cpembed.pp import feature_groups
+
+from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks
+from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
+from ._training_plan import DEFAULT_STAGES, CellPainTRTrainingPlan, StageConfig
+
+StageSettings = StageConfig | Mapping[str, object] | None
+
+#: Settings of :meth:`CellPainTR.add_source`: only one token vector is fitted, so a larger learning rate than the
+#: backbone's is safe (our choice; the paper has no such step).
+ADD_SOURCE_STAGE = StageConfig(max_epochs=5, batch_size=32, lr=1e-3, contrastive_weight=0.0)
+
+#: Gradient-norm clipping of every stage (the reference code's value).
+GRADIENT_CLIP = 1.0
+
+
+class _CellPainTRNetwork(CellPainTRModule):
+    """The network with the two hooks scvi-tools' :class:`~scvi.model.base.BaseModelClass` calls on a module."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def on_load(self, model, **kwargs) -> None:
+        """Nothing to prepare before the saved state dict is loaded."""
+
+
+class CellPainTR(BaseModelClass):
+    """CellPainTR (Cell Painting TRansformer, Pham et al., 2025) for batch-corrected embeddings of profiles.
+
+    Each well is a sequence of feature tokens plus a CLS token and a learned token for its source (lab); a
+    bidirectional Hyena backbone mixes them and the CLS output is the embedding. Training has three stages
+    (Appendix A of the paper): (1) channel-wise masked morphology (CWMM) pretraining on all wells; (2) CWMM plus
+    supervised contrastive learning with minibatches from one source, after a warm-up epoch that trains only
+    the source tokens; (3) the same loss with minibatches mixing sources. Each stage's weights are kept, so
+    CellPainTR(1), CellPainTR(2) and the final model of the paper's Table 1 can all be queried.
+
+    Beyond the paper: a learned unknown-source token, trained by source dropout, embeds wells of sources never
+    seen; :meth:`add_source` fits a token for a new source from its unlabelled wells with the backbone frozen.
+
+    The model expects preprocessed features, prepared with :mod:`cpembed.pp` (the paper's preprocessing: per-plate
+    robust MAD normalisation against negative controls with :func:`cpembed.pp.normalize_to_controls`, then
+    clipping with :func:`cpembed.pp.clip_quantiles`). Remaining NaN or infinite values are read as 0.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    d_model
+        Token width (paper: 256).
+    n_layers
+        Hyena blocks (paper: 4).
+    d_mlp
+        Hidden width of each block's MLP (paper: 1024).
+    dropout
+        Dropout rate (paper: 0.1).
+    filter_width
+        Width of the implicit Hyena filter MLP (reference code: 64).
+    added_sources
+        Sources added after training with :meth:`add_source`; filled in by the model, so that a saved model
+        rebuilds its vocabulary on :meth:`load`.
+
+    Notes
+    -----
+    Scale: ``adata`` may be an ``.h5ad`` opened in backed mode (``anndata.read_h5ad(path, backed="r")``); wells are
+    then read in contiguous chunks per minibatch and never loaded as a whole. Several GPUs: Lightning's DDP via
+    ``model.train(accelerator="gpu", devices=4, strategy="ddp")``; every sampler shards each epoch's minibatches
+    across processes (P x K and single-source batches stay intact), and non-finite batches are skipped on all
+    processes together. Precision defaults to ``"bf16-mixed"`` on GPUs.
+
+    Examples
+    --------
+    >>> cpe.model.CellPainTR.setup_anndata(adata, batch_key="Metadata_Source", labels_key="Metadata_Compound")
+    >>> model = cpe.model.CellPainTR(adata)
+    >>> model.train()
+    >>> adata.obsm["X_cellpaintr"] = model.get_latent_representation()
+    """
+
+    _module_cls = _CellPainTRNetwork
+    _training_plan_cls = CellPainTRTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData,
+        d_model: int = 256,
+        n_layers: int = 4,
+        d_mlp: int = 1024,
+        dropout: float = 0.1,
+        filter_width: int = 64,
+        added_sources: Sequence[str] = (),
+    ):
+        super().__init__(adata)
+        self._added_sources = list(added_sources)
+        self.feature_groups = _feature_group_ids(adata)
+        self.module = self._module_cls(
+            n_features=adata.n_vars,
+            n_sources=len(self._trained_sources),
+            feature_groups=self.feature_groups,
+            d_model=d_model,
+            n_layers=n_layers,
+            d_mlp=d_mlp,
+            dropout=dropout,
+            filter_width=filter_width,
+            unknown_source=True,
+        )
+        if added_sources:
+            self.module.add_sources(len(added_sources))
+        self.stage_states_: dict[int, dict] = {}
+        self.history_ = {}
+        self._model_summary_string = (
+            f"CellPainTR with {adata.n_vars} features, {len(self.source_names)} sources, d_model={d_model}, "
+            f"n_layers={n_layers}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ AnnData registration
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        unlabeled_category: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register the features, the source and the labels of ``adata`` for CellPainTR.
+
+        As in scvi-tools, this adds the columns ``_scvi_batch`` and ``_scvi_labels`` to ``adata.obs`` and
+        ``_scvi_uuid`` / ``_scvi_manager_uuid`` to ``adata.uns``; nothing else changes.
+
+        Parameters
+        ----------
+        adata
+            Wells x features, preprocessed (see :class:`CellPainTR`). May be opened in backed mode.
+        layer
+            Layer holding the features; ``None`` uses ``adata.X``.
+        batch_key
+            ``.obs`` column of the source (lab, or batch) each well comes from; ``None`` means one source.
+        labels_key
+            ``.obs`` column of the biological label (compound, or InChIKey) whose wells are positives of each
+            other in stages 2 and 3.
+        unlabeled_category
+            Value of ``labels_key`` marking wells without a trusted label: used in stage 1 only (the paper trains
+            stages 2-3 on compounds with known MoA and controls).
+        """
+        check_obs_keys(adata, batch_key, labels_key)
+        if layer is not None and layer not in adata.layers:
+            raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
+        if labels_key is not None and adata.obs[labels_key].isna().any():
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has missing values. Fill them with a category such as 'unknown' "
+                "and pass unlabeled_category='unknown'."
+            )
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _setup_arg(self, name: str):
+        return self.registry_["setup_args"][name]
+
+    @property
+    def _trained_sources(self) -> list:
+        return list(
+            self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]["categorical_mapping"]
+        )
+
+    @property
+    def source_names(self) -> list:
+        """Sources the model has a token for, in token order (training sources, then added ones)."""
+        return [*self._trained_sources, *self._added_sources]
+
+    @property
+    def n_sources(self) -> int:
+        """Number of source tokens, without the unknown-source token (whose index this is)."""
+        return len(self.source_names)
+
+    def view_anndata_setup(self, adata: AnnData | None = None, hide_state_registries: bool = False) -> None:
+        """Print the registration of ``adata`` (default: the training data)."""
+        import rich.pretty  # noqa: F401  scvi-tools 1.4.2 uses rich.pretty without importing it (fails with rich 15)
+
+        super().view_anndata_setup(adata=adata, hide_state_registries=hide_state_registries)
+
+    def _check_features(self, adata: AnnData) -> None:
+        expected = self.adata.var_names
+        if not adata.var_names.equals(expected):
+            missing = expected.difference(adata.var_names)
+            raise ValueError(
+                f"adata has {adata.n_vars} features, the model was trained on {len(expected)}; they must be the "
+                f"same in the same order ({len(missing)} model features missing, e.g. {list(missing[:3])}). "
+                "Subset and reorder with adata[:, model.adata.var_names]."
+            )
+
+    def _source_codes(self, adata: AnnData, unseen_source: Literal["warn", "raise"] = "warn") -> np.ndarray:
+        batch_key = self._setup_arg("batch_key")
+        if batch_key is None:
+            return np.zeros(adata.n_obs, dtype=np.int64)
+        check_obs_keys(adata, batch_key)
+        values = adata.obs[batch_key]
+        codes = pd.Index(self.source_names).get_indexer(values)
+        unseen = sorted(set(values[codes < 0]), key=str)
+        if unseen:
+            message = f"Sources not seen in training: {unseen[:10]}"
+            if unseen_source == "raise":
+                raise ValueError(f"{message}. Add them with model.add_source(adata, name) first.")
+            warnings.warn(f"{message}; their wells are embedded with the unknown-source token.", stacklevel=3)
+            codes[codes < 0] = self.n_sources
+        return codes.astype(np.int64)
+
+    def _label_codes(self, adata: AnnData) -> np.ndarray:
+        labels_key = self._setup_arg("labels_key")
+        if labels_key is None:
+            return np.full(adata.n_obs, -1, dtype=np.int64)
+        mapping = self.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]["categorical_mapping"]
+        codes = pd.Index(mapping).get_indexer(adata.obs[labels_key]).astype(np.int64)
+        unlabeled = self._setup_arg("unlabeled_category")
+        if unlabeled is not None:
+            codes[(adata.obs[labels_key] == unlabeled).to_numpy()] = -1
+        return codes
+
+    # ------------------------------------------------------------------ training
+
+    def train(
+        self,
+        stage1: StageSettings = None,
+        stage2: StageSettings = None,
+        stage3: StageSettings = None,
+        *,
+        stages: Sequence[int] = (1, 2, 3),
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | None = None,
+        source_dropout: float = 0.1,
+        group_wise_loss: bool = True,
+        block_size: int = 65_536,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> None:
+        """Run the training stages.
+
+        Parameters
+        ----------
+        stage1, stage2, stage3
+            Settings of each stage: a :class:`StageConfig`, or a dict of fields overriding the paper's defaults
+            (:data:`DEFAULT_STAGES`), e.g. ``stage2={"max_epochs": 4, "lr": 3e-5}``.
+        stages
+            Stages to run, in order; stages 2 and 3 need ``labels_key``.
+        accelerator, devices
+            As in Lightning. For several GPUs pass ``devices=4, strategy="ddp"``: each process trains on its own
+            share of every epoch's minibatches (the samplers shard like a ``DistributedSampler``).
+        precision
+            Lightning precision; default ``"bf16-mixed"`` on a GPU, ``"32-true"`` otherwise.
+        source_dropout
+            Probability of showing a well with the unknown-source token during training (our addition, so
+            that wells of unseen sources can be embedded).
+        group_wise_loss
+            Average the masked-feature MSE per feature group (Eq. 9 of the paper); ``False`` averages over all
+            masked values (the reference code).
+        block_size
+            Stage 1 reads minibatches from blocks of this many consecutive wells, which keeps reads from a backed
+            ``.h5ad`` contiguous.
+        seed
+            Seed of the samplers, masks and source dropout.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (and on to Lightning), e.g. ``strategy``,
+            ``enable_progress_bar``.
+        """
+        configs = {
+            stage: _stage_config(stage, settings)
+            for stage, settings in zip((1, 2, 3), (stage1, stage2, stage3), strict=True)
+        }
+        unknown = sorted(set(stages) - set(configs))
+        if unknown:
+            raise ValueError(f"stages must be among 1, 2, 3; got {unknown}.")
+        if self._setup_arg("labels_key") is None and {2, 3} & set(stages):
+            raise ValueError("Stages 2 and 3 need labels: run setup_anndata with labels_key, or train stages=(1,).")
+        data = self._training_dataset()
+        fit_kwargs = {
+            "accelerator": accelerator,
+            "devices": devices,
+            "precision": precision,
+            "source_dropout": source_dropout,
+            "group_wise_loss": group_wise_loss,
+            **trainer_kwargs,
+        }
+        for stage in stages:
+            config = configs[stage]
+            make_sampler = self._stage_sampler(stage, data, config, block_size=block_size, seed=seed + stage)
+            losses = []
+            if config.warmup_epochs:
+                with _trainable(self.module, self.module.source_parameters()):
+                    warmup = replace(config, max_epochs=config.warmup_epochs, warmup_epochs=0)
+                    losses += self._fit(WellDataModule(data, make_sampler), warmup, seed=seed, **fit_kwargs)
+            remaining = replace(config, max_epochs=config.max_epochs - config.warmup_epochs, warmup_epochs=0)
+            losses += self._fit(WellDataModule(data, make_sampler), remaining, seed=seed, **fit_kwargs)
+            self._record(f"stage{stage}", losses)
+            self.stage_states_[stage] = {
+                "n_sources": self.n_sources,
+                "state_dict": {name: value.detach().cpu().clone() for name, value in self.module.state_dict().items()},
+            }
+
+    def _training_dataset(self) -> WellDataset:
+        adata = self.adata
+        return WellDataset(
+            feature_matrix(adata, self._setup_arg("layer")), self._source_codes(adata), self._label_codes(adata)
+        )
+
+    @staticmethod
+    def _stage_sampler(stage: int, data: WellDataset, config: StageConfig, *, block_size: int, seed: int):
+        def make_sampler(num_replicas: int, rank: int):
+            shard = {"seed": seed, "num_replicas": num_replicas, "rank": rank}
+            if stage == 1:
+                return BlockShuffleBatchSampler(np.arange(len(data)), config.batch_size, block_size=block_size, **shard)
+            groups = data.sources if stage == 2 else None
+            return PKBatchSampler(
+                data.labels, config.batch_size, wells_per_label=config.wells_per_label, groups=groups, **shard
+            )
+
+        return make_sampler
+
+    def _fit(
+        self,
+        datamodule: WellDataModule,
+        config: StageConfig,
+        *,
+        accelerator: str,
+        devices: int | list[int] | str,
+        precision: str | None,
+        source_dropout: float,
+        group_wise_loss: bool,
+        seed: int,
+        **trainer_kwargs,
+    ) -> list[dict[str, float]]:
+        if config.max_epochs == 0:
+            return []
+        plan = self._training_plan_cls(
+            self.module,
+            self.feature_groups,
+            self.n_sources,
+            config,
+            source_dropout=source_dropout,
+            group_wise_loss=group_wise_loss,
+            seed=seed,
+        )
+        trainer_kwargs.setdefault("gradient_clip_val", GRADIENT_CLIP)
+        trainer_kwargs.setdefault("precision", _default_precision(accelerator, devices, precision))
+        self.module.train()  # TrainRunner leaves the module in eval mode after each fit
+        history = self.history_  # TrainRunner would overwrite it with the logger's; the stage records are kept instead
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=datamodule,
+            max_epochs=config.max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            use_distributed_sampler=False,  # the samplers shard the epoch themselves
+            **trainer_kwargs,
+        )
+        runner()
+        self.history_ = history
+        return plan.epoch_losses
+
+    def _record(self, name: str, epoch_losses: list[dict[str, float]]) -> None:
+        history = pd.DataFrame(epoch_losses)
+        if not history.empty:
+            history["epoch"] = np.arange(len(history))
+            history = history.set_index("epoch")
+        self.history_ = {**(self.history_ or {}), name: history}
+
+    # ------------------------------------------------------------------ new sources
+
+    def add_source(
+        self,
+        adata: AnnData,
+        source_name: str,
+        config: StageSettings = None,
+        *,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | None = None,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> None:
+        """Add a source and fit its token from unlabelled wells, with every other parameter frozen.
+
+        The new token starts as a copy of the unknown-source token and is trained with the masked-feature loss only, so
+        no labels are needed. All wells of ``adata`` are taken to come from ``source_name``.
+
+        Parameters
+        ----------
+        adata
+            Wells of the new source, with the model's features in the same order.
+        source_name
+            Name of the new source; must not be known yet.
+        config
+            A :class:`StageConfig` or a dict overriding :data:`ADD_SOURCE_STAGE`.
+        accelerator, devices, precision, seed, **trainer_kwargs
+            As in :meth:`train`.
+        """
+        self._check_features(adata)
+        if source_name in self.source_names:
+            raise ValueError(f"Source {source_name!r} is already known to the model.")
+        config = _merge_config(ADD_SOURCE_STAGE, config)
+        new_index = self.n_sources
+        self.module.add_sources(1)
+        self._added_sources.append(source_name)
+        self.init_params_["non_kwargs"]["added_sources"] = list(self._added_sources)
+        data = WellDataset(
+            feature_matrix(adata), np.full(adata.n_obs, new_index, dtype=np.int64), np.full(adata.n_obs, -1)
+        )
+
+        def make_sampler(num_replicas: int, rank: int):
+            return BlockShuffleBatchSampler(
+                np.arange(adata.n_obs), config.batch_size, seed=seed, num_replicas=num_replicas, rank=rank
+            )
+
+        token_tables = [p for p in self.module.source_parameters() if p.shape[0] == self.n_sources + 1]
+        with _trainable(self.module, token_tables, rows=[new_index]):
+            losses = self._fit(
+                WellDataModule(data, make_sampler),
+                config,
+                accelerator=accelerator,
+                devices=devices,
+                precision=precision,
+                source_dropout=0.0,
+                group_wise_loss=True,
+                seed=seed,
+                **trainer_kwargs,
+            )
+        self._record(f"add_source:{source_name}", losses)
+
+    # ------------------------------------------------------------------ embeddings
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        stage: Literal[1, 2, 3] | None = None,
+        unseen_source: Literal["warn", "raise"] = "warn",
+    ) -> np.ndarray:
+        """Embed wells: the CLS output of the final layer norm (Section 3.1 of the paper).
+
+        Parameters
+        ----------
+        adata
+            Wells to embed, with the model's features in the same order; default the training data. May be
+            backed: rows are read in chunks of ``batch_size``.
+        indices
+            Rows of ``adata`` to embed; default all.
+        batch_size
+            Wells per forward pass; default 256.
+        stage
+            Embed with the weights saved at the end of this stage (CellPainTR(1), CellPainTR(2), ...); ``None``
+            uses the current weights (the final model, with any sources added since).
+        unseen_source
+            What to do with wells whose source has no token: ``"warn"`` embeds them with the unknown-source token,
+            ``"raise"`` raises a ValueError.
+
+        Returns
+        -------
+        Embeddings, wells x ``d_model``, float32.
+        """
+        self._check_if_trained(warn=False)
+        adata = self.adata if adata is None else adata
+        self._check_features(adata)
+        rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
+        network = self.module if stage is None else self._stage_network(stage)
+        sources = self._source_codes(adata, unseen_source)
+        n_known = network.n_sources if stage is not None else self.n_sources
+        sources = np.where(sources < n_known, sources, n_known)
+        matrix = feature_matrix(adata, self._setup_arg("layer"))
+        device = self.device
+        network.eval()
+        embeddings = np.empty((len(rows), self.init_params_["non_kwargs"]["d_model"]), dtype=np.float32)
+        with torch.inference_mode():
+            for positions, values in iter_row_chunks(matrix, rows, batch_size or 256):
+                x = torch.from_numpy(values).to(device)
+                source = torch.from_numpy(sources[rows[positions]]).to(device)
+                embeddings[positions] = network.embed(x, source).float().cpu().numpy()
+        return embeddings
+
+    def _stage_network(self, stage: int) -> CellPainTRModule:
+        if stage not in self.stage_states_:
+            raise ValueError(f"Stage {stage} has not been trained (trained stages: {sorted(self.stage_states_)}).")
+        saved = self.stage_states_[stage]
+        params = self.init_params_["non_kwargs"]
+        network = CellPainTRModule(
+            n_features=self.adata.n_vars,
+            n_sources=saved["n_sources"],
+            feature_groups=self.feature_groups,
+            d_model=params["d_model"],
+            n_layers=params["n_layers"],
+            d_mlp=params["d_mlp"],
+            dropout=params["dropout"],
+            filter_width=params["filter_width"],
+            unknown_source=True,
+        )
+        network.load_state_dict(saved["state_dict"])
+        return network.to(self.device)
+
+    # ------------------------------------------------------------------ saving
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs) -> CellPainTR:
+        """Load a saved model; ``adata`` must hold the model's features in the same order (else ValueError).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Data to attach; default the AnnData saved with the model (``save(..., save_anndata=True)``).
+        prefix
+            File name prefix used when saving.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``).
+        """
+        if adata is not None:
+            _, var_names, _, _ = _load_saved_files(dir_path, load_adata=False, prefix=prefix)
+            if not np.array_equal(np.asarray(adata.var_names), np.asarray(var_names)):
+                raise ValueError(
+                    f"adata has {adata.n_vars} features but the saved model was trained on {len(var_names)} "
+                    "different or differently ordered features; subset adata to the model's features first."
+                )
+        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+
+
+def _feature_group_ids(adata: AnnData) -> torch.Tensor:
+    """Channel x compartment group id per feature, as :func:`cpembed.pp.feature_groups` labels them from the names."""
+    labelled = feature_groups(AnnData(var=pd.DataFrame(index=adata.var_names)), copy=True)
+    return torch.as_tensor(labelled.var["feature_group"].cat.codes.to_numpy(copy=True), dtype=torch.long)
+
+
+def _stage_config(stage: int, settings: StageSettings) -> StageConfig:
+    return _merge_config(DEFAULT_STAGES[stage], settings)
+
+
+def _merge_config(default: StageConfig, settings: StageSettings) -> StageConfig:
+    if settings is None:
+        return default
+    if isinstance(settings, StageConfig):
+        return settings
+    return replace(default, **dict(settings))
+
+
+def _default_precision(accelerator: str, devices, precision: str | None) -> str:
+    if precision is not None:
+        return precision
+    _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
+    return "bf16-mixed" if torch.device(device).type == "cuda" else "32-true"
+
+
+@contextmanager
+def _trainable(module: torch.nn.Module, parameters, rows: Sequence[int] | None = None) -> Iterator[None]:
+    """Freeze every parameter of ``module`` except ``parameters``; with ``rows``, only those rows of them learn.
+
+    Freezing happens before Lightning wraps the module, which keeps it valid under DDP. Row restriction zeroes the
+    gradient of the other rows of each parameter (source-token tables, one row per token), so AdamW (weight
+    decay 0) leaves them exactly as they were.
+    """
+    parameters = list(parameters)
+    previous = {parameter: parameter.requires_grad for parameter in module.parameters()}
+    keep = {id(parameter) for parameter in parameters}
+    hooks = []
+    try:
+        for parameter in module.parameters():
+            parameter.requires_grad_(id(parameter) in keep)
+        if rows is not None:
+            for parameter in parameters:
+                row_mask = torch.zeros(parameter.shape[0], 1)
+                row_mask[list(rows)] = 1.0
+                hooks.append(parameter.register_hook(lambda grad, m=row_mask: grad * m.to(grad.device, grad.dtype)))
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for parameter, requires_grad in previous.items():
+            parameter.requires_grad_(requires_grad)

@@ -1,0 +1,115 @@
+"""Write CellPainTR embeddings to ``.obsm``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from anndata import AnnData
+
+from cpembed._validation import check_obs_keys
+
+if TYPE_CHECKING:
+    from cpembed.model import CellPainTR
+
+logger = logging.getLogger(__name__)
+
+STAGES = (1, 2, 3)
+
+
+def cellpaintr(
+    adata: AnnData,
+    batch_key: str | None = "source",
+    labels_key: str | None = None,
+    *,
+    layer: str | None = None,
+    unlabeled_category: str | None = None,
+    model: CellPainTR | None = None,
+    model_kwargs: dict | None = None,
+    key_added: str = "X_cellpaintr",
+    stage_embeddings: bool = False,
+    copy: bool = False,
+    **train_kwargs,
+) -> AnnData | None:
+    """Embed wells with CellPainTR (Pham et al., 2025), training a model unless one is given.
+
+    Trains :class:`cpembed.model.CellPainTR` through its three stages (masked-feature pretraining, intra-source
+    and inter-source contrastive fine-tuning) on ``adata`` and writes the final embedding. Features should be
+    preprocessed with :mod:`cpembed.pp` first (per-plate robust normalisation to controls, then quantile
+    clipping), as the paper does.
+
+    Parameters
+    ----------
+    adata
+        Wells x features, in memory (for a backed ``.h5ad`` use :class:`cpembed.model.CellPainTR` directly).
+    batch_key
+        ``.obs`` column of the source (lab or batch) of each well.
+    labels_key
+        ``.obs`` column of the label whose wells are positives of each other in stages 2-3 (compound).
+    layer
+        Layer holding the features; ``None`` uses ``adata.X``.
+    unlabeled_category
+        Value of ``labels_key`` marking wells used in stage 1 only.
+    model
+        A trained model to embed with instead of training one; its setup (keys, layer) is used, and wells of
+        sources it does not know are embedded with its unknown-source token (with a warning).
+    model_kwargs
+        Architecture passed to :class:`~cpembed.model.CellPainTR` (``d_model``, ``n_layers``, ...).
+    key_added
+        ``.obsm`` key of the embedding and ``.uns`` key of the parameters.
+    stage_embeddings
+        Also write the embeddings of the stage snapshots, ``{key_added}_stage1`` ... ``_stage3`` (the paper's
+        CellPainTR(1), CellPainTR(2) and the model after stage 3).
+    copy
+        Return a new AnnData instead of writing to ``adata``.
+    **train_kwargs
+        Passed to :meth:`cpembed.model.CellPainTR.train` (``stage1=...``, ``accelerator``, ...).
+
+    Returns
+    -------
+    With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x ``d_model``),
+    the stage embeddings on request, and ``adata.uns[key_added]["params"]``.
+    """
+    from cpembed.model import CellPainTR
+
+    if model is not None and train_kwargs:
+        raise ValueError(f"A trained model was given; training arguments {sorted(train_kwargs)} would be ignored.")
+    if model is None:
+        check_obs_keys(adata, batch_key, labels_key)
+        if layer is not None and layer not in adata.layers:
+            raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
+        model = CellPainTR(
+            _training_view(adata, layer, batch_key, labels_key, unlabeled_category), **(model_kwargs or {})
+        )
+        model.train(**train_kwargs)
+    embeddings = {key_added: model.get_latent_representation(adata)}
+    if stage_embeddings:
+        for stage in STAGES:
+            if stage in model.stage_states_:
+                embeddings[f"{key_added}_stage{stage}"] = model.get_latent_representation(adata, stage=stage)
+    adata = adata.copy() if copy else adata
+    adata.obsm.update(embeddings)
+    adata.uns[key_added] = {"params": {**model.registry_["setup_args"], "stages": sorted(model.stage_states_)}}
+    logger.info("added %s to adata.obsm and %r to adata.uns", ", ".join(map(repr, embeddings)), key_added)
+    return adata if copy else None
+
+
+def _training_view(
+    adata: AnnData, layer: str | None, batch_key: str | None, labels_key: str | None, unlabeled_category: str | None
+) -> AnnData:
+    """A registered AnnData sharing ``adata``'s features, so the user's AnnData gets no scvi-tools columns."""
+    from cpembed.model import CellPainTR
+
+    keys = [key for key in (batch_key, labels_key) if key is not None]
+    view = AnnData(
+        X=adata.X if layer is None else None,
+        obs=adata.obs[keys].copy(),
+        var=adata.var.copy(),
+        layers={layer: adata.layers[layer]} if layer is not None else None,
+    )
+    view.obs_names = pd.Index(adata.obs_names)
+    CellPainTR.setup_anndata(
+        view, layer=layer, batch_key=batch_key, labels_key=labels_key, unlabeled_category=unlabeled_category
+    )
+    return view

@@ -1,0 +1,313 @@
+"""CellPainTR model: setup, the three stages, save/load, new sources, samplers and backed data, on BBBC021."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import cpembed as cpe
+from cpembed.model import CellPainTR, StageConfig
+from cpembed.model._data import contiguous_runs, read_rows
+from cpembed.model._samplers import BlockShuffleBatchSampler, PKBatchSampler
+
+N_FEATURES = 40  # a slice of BBBC021's features keeps the sequence short, so tests stay fast on a CPU
+WEEKS = ["Week1", "Week2", "Week4", "Week5"]  # 264 wells of 4 imaging weeks
+TINY = {"d_model": 8, "n_layers": 1, "d_mlp": 16, "filter_width": 8}
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False}
+STAGES = {
+    "stage1": {"max_epochs": 1, "batch_size": 64},
+    "stage2": {"max_epochs": 2, "batch_size": 32, "lr": 1e-3},
+    "stage3": {"max_epochs": 1, "batch_size": 64, "lr": 1e-3},
+}
+
+
+@pytest.fixture(scope="module")
+def profiles() -> ad.AnnData:
+    """BBBC021 wells of four weeks, normalised to each plate's DMSO wells and clipped (the paper's preprocessing)."""
+    adata = cpe.datasets.bbbc021()
+    adata = adata[adata.obs["Metadata_Batch"].isin(WEEKS)].copy()
+    cpe.pp.drop_nonfinite(adata)
+    cpe.pp.control_variation_filter(adata, "Metadata_Plate", "Metadata_is_negcon")
+    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon")
+    cpe.pp.clip_quantiles(adata)
+    return adata[:, :N_FEATURES].copy()
+
+
+def _setup(adata: ad.AnnData, **kwargs) -> ad.AnnData:
+    adata = adata.copy()
+    CellPainTR.setup_anndata(adata, batch_key="Metadata_Batch", labels_key="Metadata_Compound", **kwargs)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained(profiles) -> CellPainTR:
+    torch.manual_seed(0)
+    model = CellPainTR(_setup(profiles), **TINY)
+    model.train(**STAGES, seed=0, **QUIET)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cellpaintr") / "model"
+    trained.save(str(path))
+    return path
+
+
+def test_each_stage_has_its_own_finite_embedding(trained):
+    embeddings = {stage: trained.get_latent_representation(stage=stage) for stage in (1, 2, 3)}
+    for embedding in embeddings.values():
+        assert embedding.shape == (trained.adata.n_obs, TINY["d_model"])
+        assert embedding.dtype == np.float32
+        assert np.isfinite(embedding).all()
+    assert not np.allclose(embeddings[1], embeddings[2])
+    assert not np.allclose(embeddings[2], embeddings[3])
+    np.testing.assert_array_equal(trained.get_latent_representation(), embeddings[3])
+
+
+def test_history_records_every_stage_epoch(trained):
+    for stage, epochs in ((1, 1), (2, 2), (3, 1)):
+        history = trained.history[f"stage{stage}"]
+        assert len(history) == epochs
+        assert np.isfinite(history["loss"]).all()
+        assert (history["n_skipped"] == 0).all()
+        assert ("supcon" in history) == (stage > 1)
+    stage2 = trained.history["stage2"]
+    np.testing.assert_allclose(stage2["loss"], stage2["cwmm"] + stage2["supcon"], rtol=1e-5)
+
+
+def test_indices_select_rows(trained):
+    rows = np.array([5, 1, 200, 2])
+    np.testing.assert_allclose(
+        trained.get_latent_representation(indices=rows, batch_size=3),
+        trained.get_latent_representation()[rows],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_save_load_is_exact(trained, saved, profiles):
+    loaded = CellPainTR.load(str(saved), adata=_setup(profiles))
+    for stage in (1, 2, 3, None):
+        np.testing.assert_array_equal(
+            loaded.get_latent_representation(stage=stage), trained.get_latent_representation(stage=stage)
+        )
+    assert list(loaded.history) == ["stage1", "stage2", "stage3"]
+
+
+def test_mismatched_features_raise(saved, trained, profiles):
+    with pytest.raises(ValueError, match="features"):
+        CellPainTR.load(str(saved), adata=_setup(profiles[:, 1:]))
+    with pytest.raises(ValueError, match="features"):
+        trained.get_latent_representation(profiles[:, ::-1].copy())
+
+
+def test_unseen_source_uses_the_unknown_token(trained, profiles):
+    query = profiles[:20].copy()
+    query.obs["Metadata_Batch"] = "NewLab"
+    with pytest.warns(UserWarning, match="NewLab"):
+        embedding = trained.get_latent_representation(query)
+    module = trained.module.eval()
+    with torch.inference_mode():
+        x = torch.from_numpy(np.asarray(query.X, dtype=np.float32))
+        unknown = torch.full((query.n_obs,), module.unknown_source_index)
+        expected = module.embed(x, unknown).numpy()
+    np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="NewLab"):
+        trained.get_latent_representation(query, unseen_source="raise")
+
+
+def test_add_source_fits_only_its_token(saved, profiles):
+    model = CellPainTR.load(str(saved), adata=_setup(profiles))
+    before = {name: value.clone() for name, value in model.module.state_dict().items()}
+    unknown_before = before["embeddings.source_embedding.weight"][model.n_sources]
+    new_wells = profiles[profiles.obs["Metadata_Batch"] == "Week1"].copy()
+    model.add_source(new_wells, "NewLab", {"max_epochs": 1, "batch_size": 16}, **QUIET)
+
+    after = model.module.state_dict()
+    for name, value in before.items():
+        if name != "embeddings.source_embedding.weight":
+            torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+    tokens_before, tokens_after = (
+        before["embeddings.source_embedding.weight"],
+        after["embeddings.source_embedding.weight"],
+    )
+    n_old = len(tokens_before) - 1
+    assert tokens_after.shape[0] == tokens_before.shape[0] + 1
+    torch.testing.assert_close(tokens_after[:n_old], tokens_before[:n_old], rtol=0, atol=0)  # known sources
+    torch.testing.assert_close(tokens_after[-1], unknown_before, rtol=0, atol=0)  # unknown token, moved last
+    assert not torch.equal(tokens_after[n_old], unknown_before)  # the new token moved away from its start
+    assert model.source_names[-1] == "NewLab"
+    assert "add_source:NewLab" in model.history
+
+    query = new_wells.copy()
+    query.obs["Metadata_Batch"] = "NewLab"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedding = model.get_latent_representation(query)
+    assert np.isfinite(embedding).all()
+    with pytest.raises(ValueError, match="already known"):
+        model.add_source(new_wells, "NewLab", **QUIET)
+
+
+def test_added_source_survives_save_load(saved, profiles, tmp_path):
+    model = CellPainTR.load(str(saved), adata=_setup(profiles))
+    new_wells = profiles[:32].copy()
+    model.add_source(new_wells, "NewLab", {"max_epochs": 1, "batch_size": 16}, **QUIET)
+    model.save(str(tmp_path / "grown"))
+    loaded = CellPainTR.load(str(tmp_path / "grown"), adata=_setup(profiles))
+    new_wells.obs["Metadata_Batch"] = "NewLab"
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(new_wells), model.get_latent_representation(new_wells)
+    )
+
+
+def test_warmup_trains_only_source_tokens(profiles):
+    torch.manual_seed(0)
+    model = CellPainTR(_setup(profiles[:200]), **TINY)
+    before = {name: value.clone() for name, value in model.module.state_dict().items()}
+    warmup_only = {"max_epochs": 1, "warmup_epochs": 1, "batch_size": 32, "lr": 1e-2}
+    model.train(stage2=warmup_only, stages=(2,), **QUIET)
+    after = model.module.state_dict()
+    changed = {name for name, value in before.items() if not torch.equal(after[name], value)}
+    assert changed == {"embeddings.source_embedding.weight"}
+    assert all(parameter.requires_grad for parameter in model.module.parameters())  # unfrozen again
+
+
+def test_non_finite_batches_are_skipped(profiles):
+    adata = profiles[:64].copy()
+    adata.X[0] = 1e38  # finite input whose squared reconstruction error overflows float32
+    torch.manual_seed(0)
+    model = CellPainTR(_setup(adata), **TINY)
+    model.train(stage1={"max_epochs": 1, "batch_size": 16}, stages=(1,), **QUIET)
+    history = model.history["stage1"]
+    assert history["n_skipped"].iloc[0] == 1
+    assert history["n_batches"].iloc[0] == 4
+    assert np.isfinite(history["loss"]).all()
+    assert all(torch.isfinite(value).all() for value in model.module.state_dict().values())
+
+
+def test_backed_file_trains_and_matches_memory(profiles, tmp_path):
+    path = tmp_path / "profiles.h5ad"
+    profiles.copy().write_h5ad(path)  # writing turns string columns into categoricals: keep the fixture as it is
+    backed = ad.read_h5ad(path, backed="r")
+    CellPainTR.setup_anndata(backed, batch_key="Metadata_Batch", labels_key="Metadata_Compound")
+    torch.manual_seed(0)
+    model = CellPainTR(backed, **TINY)
+    model.train(stage1={"max_epochs": 1, "batch_size": 64}, stages=(1,), block_size=128, **QUIET)
+    embedding = model.get_latent_representation(batch_size=100)
+    assert isinstance(embedding, np.ndarray)
+    assert embedding.shape == (profiles.n_obs, TINY["d_model"])
+    in_memory = model.get_latent_representation(profiles)
+    np.testing.assert_allclose(embedding, in_memory, rtol=1e-5, atol=1e-6)
+    backed.file.close()
+
+
+def test_view_anndata_setup_prints(trained, capsys):
+    trained.view_anndata_setup()
+    assert "Metadata_Batch" in capsys.readouterr().out
+
+
+def test_bad_setup_raises(profiles):
+    adata = profiles[:10].copy()
+    with pytest.raises(KeyError, match="Metadata_Nope"):
+        CellPainTR.setup_anndata(adata, batch_key="Metadata_Nope")
+    with pytest.raises(KeyError, match="raw_counts"):
+        CellPainTR.setup_anndata(adata, layer="raw_counts", batch_key="Metadata_Batch")
+    adata.obs["label"] = [None, *adata.obs["Metadata_Compound"].astype(str)[1:]]
+    with pytest.raises(ValueError, match="unlabeled_category"):
+        CellPainTR.setup_anndata(adata, batch_key="Metadata_Batch", labels_key="label")
+
+
+def test_contrastive_stages_need_labels(profiles):
+    adata = profiles[:10].copy()
+    CellPainTR.setup_anndata(adata, batch_key="Metadata_Batch")
+    model = CellPainTR(adata, **TINY)
+    with pytest.raises(ValueError, match="labels_key"):
+        model.train(**QUIET)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        StageConfig(max_epochs=1, batch_size=8, lr=1e-3, mask_ratio=(0.5, 0.2))
+
+
+def test_unlabeled_wells_stay_out_of_contrastive_batches(profiles):
+    adata = profiles.copy()
+    adata.obs["label"] = adata.obs["Metadata_Compound"].astype(str).where(~adata.obs["Metadata_is_negcon"], "unknown")
+    CellPainTR.setup_anndata(adata, batch_key="Metadata_Batch", labels_key="label", unlabeled_category="unknown")
+    model = CellPainTR(adata, **TINY)
+    labels = model._label_codes(adata)
+    np.testing.assert_array_equal(labels < 0, adata.obs["Metadata_is_negcon"].to_numpy())
+    sampler = PKBatchSampler(labels, 32)
+    assert not adata.obs["Metadata_is_negcon"].to_numpy()[np.concatenate(list(sampler))].any()
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def _codes(values) -> np.ndarray:
+    return np.unique(np.asarray(values), return_inverse=True)[1]
+
+
+def test_pk_batches_hold_positives_and_cover_each_well_once(profiles):
+    labels = _codes(profiles.obs["Metadata_Compound"])
+    sources = _codes(profiles.obs["Metadata_Batch"])
+    for groups in (None, sources):
+        sampler = PKBatchSampler(labels, 32, wells_per_label=4, groups=groups, seed=3)
+        batches = [np.asarray(batch) for batch in sampler]
+        assert len(batches) == len(sampler)
+        for batch in batches:
+            assert np.bincount(labels[batch]).max() >= 2
+            assert np.bincount(labels[batch])[np.unique(labels[batch])].min() >= 2  # every label has a positive
+            if groups is not None:
+                assert len(np.unique(sources[batch])) == 1  # stage 2: one source per batch
+        drawn = np.concatenate(batches)
+        assert len(drawn) == len(np.unique(drawn))
+        np.testing.assert_array_equal(np.sort(drawn), sampler.indices)
+    # wells whose label has a single well in its source cannot have a positive and are left out
+    per_source = PKBatchSampler(labels, 32, groups=sources)
+    pair_counts = {
+        (s, lab): n for (s, lab), n in zip(*np.unique(np.c_[sources, labels], axis=0, return_counts=True), strict=False)
+    }
+    singles = [i for i in range(len(labels)) if pair_counts[(sources[i], labels[i])] < 2]
+    assert not np.isin(singles, per_source.indices).any()
+
+
+def test_samplers_shard_like_a_distributed_sampler(profiles):
+    labels = _codes(profiles.obs["Metadata_Compound"])
+    for make in (
+        lambda **kw: PKBatchSampler(labels, 32, seed=1, **kw),
+        lambda **kw: BlockShuffleBatchSampler(np.arange(len(labels)), 32, block_size=100, seed=1, **kw),
+    ):
+        full = [tuple(batch) for batch in make()]
+        shards = [[tuple(batch) for batch in make(num_replicas=3, rank=rank)] for rank in range(3)]
+        assert len({len(shard) for shard in shards}) == 1
+        union = [batch for shard in shards for batch in shard]
+        assert set(union) == set(full)
+        assert len(union) == -(-len(full) // 3) * 3  # padded to a multiple of the replicas
+        reshuffled = make()
+        reshuffled.set_epoch(1)
+        assert [tuple(batch) for batch in reshuffled] != full
+
+
+def test_block_shuffle_keeps_batches_within_two_blocks():
+    sampler = BlockShuffleBatchSampler(np.arange(1000), 50, block_size=200, seed=0)
+    batches = [np.asarray(batch) for batch in sampler]
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(1000))
+    assert max(len(np.unique(batch // 200)) for batch in batches) <= 2
+
+
+def test_read_rows_matches_fancy_indexing(profiles, tmp_path):
+    matrix = np.asarray(profiles.X, dtype=np.float32).copy()
+    matrix[3, 2], matrix[7, 0] = np.nan, np.inf
+    rows = np.array([7, 3, 3, 250, 120, 121, 0])
+    expected = np.nan_to_num(matrix[rows], nan=0.0, posinf=0.0, neginf=0.0)
+    np.testing.assert_array_equal(read_rows(matrix, rows), expected)
+    with h5py.File(tmp_path / "m.h5", "w") as file:
+        file["X"] = matrix
+    with h5py.File(tmp_path / "m.h5", "r") as file:
+        np.testing.assert_array_equal(read_rows(file["X"], rows, max_gap=2), expected)
+    assert contiguous_runs(np.array([0, 1, 2, 10, 11, 40]), max_gap=8) == [(0, 12), (40, 41)]

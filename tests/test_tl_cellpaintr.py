@@ -1,0 +1,87 @@
+"""cpe.tl.cellpaintr: what it writes, copy semantics, a given model, bad keys; on BBBC021."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+import cpembed as cpe
+
+TINY_MODEL = {"d_model": 8, "n_layers": 1, "d_mlp": 16, "filter_width": 8}
+TINY_TRAIN = {
+    "stage1": {"max_epochs": 1, "batch_size": 64},
+    "stage2": {"max_epochs": 1, "batch_size": 32, "lr": 1e-3},
+    "stage3": {"max_epochs": 1, "batch_size": 64, "lr": 1e-3},
+    "accelerator": "cpu",
+    "enable_progress_bar": False,
+    "logger": False,
+}
+KEYS = {"batch_key": "Metadata_Batch", "labels_key": "Metadata_Compound"}
+
+
+@pytest.fixture(scope="module")
+def profiles() -> ad.AnnData:
+    """Four weeks of BBBC021, normalised to each plate's DMSO wells and clipped, on 30 features (fast)."""
+    adata = cpe.datasets.bbbc021()
+    adata = adata[adata.obs["Metadata_Batch"].isin(["Week1", "Week2", "Week4", "Week5"])].copy()
+    cpe.pp.drop_nonfinite(adata)
+    cpe.pp.control_variation_filter(adata, "Metadata_Plate", "Metadata_is_negcon")
+    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon")
+    cpe.pp.clip_quantiles(adata)
+    return adata[:, :30].copy()
+
+
+@pytest.fixture(scope="module")
+def embedded(profiles) -> ad.AnnData:
+    torch.manual_seed(0)
+    return cpe.tl.cellpaintr(profiles, **KEYS, model_kwargs=TINY_MODEL, stage_embeddings=True, copy=True, **TINY_TRAIN)
+
+
+def test_copy_returns_new_object_and_leaves_input_untouched(profiles, embedded):
+    assert embedded is not profiles
+    assert "X_cellpaintr" not in profiles.obsm
+    assert "X_cellpaintr" not in profiles.uns
+    assert list(profiles.obs.columns) == list(embedded.obs.columns)  # no scvi-tools columns were added
+    assert not any(key.startswith("_scvi") for key in embedded.uns)
+    np.testing.assert_array_equal(profiles.X, embedded.X)
+
+
+def test_writes_final_and_stage_embeddings_and_params(profiles, embedded):
+    keys = ["X_cellpaintr", "X_cellpaintr_stage1", "X_cellpaintr_stage2", "X_cellpaintr_stage3"]
+    assert set(keys) <= set(embedded.obsm)
+    for key in keys:
+        assert embedded.obsm[key].shape == (profiles.n_obs, TINY_MODEL["d_model"])
+        assert np.isfinite(embedded.obsm[key]).all()
+    np.testing.assert_array_equal(embedded.obsm["X_cellpaintr"], embedded.obsm["X_cellpaintr_stage3"])
+    assert not np.allclose(embedded.obsm["X_cellpaintr_stage1"], embedded.obsm["X_cellpaintr_stage2"])
+    params = embedded.uns["X_cellpaintr"]["params"]
+    assert params["batch_key"] == "Metadata_Batch"
+    assert params["labels_key"] == "Metadata_Compound"
+    assert params["stages"] == [1, 2, 3]
+
+
+def test_given_model_embeds_in_place(profiles):
+    adata = profiles.copy()
+    torch.manual_seed(0)
+    adata_train = profiles.copy()
+    cpe.model.CellPainTR.setup_anndata(adata_train, **KEYS)
+    model = cpe.model.CellPainTR(adata_train, **TINY_MODEL)
+    model.train(stages=(1,), **{k: v for k, v in TINY_TRAIN.items() if k not in ("stage2", "stage3")})
+    obs_before, uns_before = adata.obs.copy(), set(adata.uns)
+    assert cpe.tl.cellpaintr(adata, **KEYS, model=model, key_added="X_given") is None
+    np.testing.assert_array_equal(adata.obsm["X_given"], model.get_latent_representation(profiles))
+    assert set(adata.uns) == uns_before | {"X_given"}
+    assert adata.obs.equals(obs_before)
+    with pytest.raises(ValueError, match="ignored"):
+        cpe.tl.cellpaintr(adata, **KEYS, model=model, stage1={"max_epochs": 1})
+
+
+def test_bad_keys_raise(profiles):
+    with pytest.raises(KeyError, match="Metadata_Source"):
+        cpe.tl.cellpaintr(profiles, batch_key="Metadata_Source", labels_key="Metadata_Compound")
+    with pytest.raises(KeyError, match="Metadata_Label"):
+        cpe.tl.cellpaintr(profiles, batch_key="Metadata_Batch", labels_key="Metadata_Label")
+    with pytest.raises(KeyError, match="normalised"):
+        cpe.tl.cellpaintr(profiles, **KEYS, layer="normalised")
