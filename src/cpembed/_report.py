@@ -1,0 +1,486 @@
+"""The cpembed report: preprocess profiles, embed them with every method, score the embeddings and write a folder.
+
+:func:`run_report` is what ``cpembed run`` does; it only chains the library's functions (:func:`cpembed.pp.recipe_jump`,
+:mod:`cpembed.tl`, :func:`cpembed.bm.benchmark`, :mod:`cpembed.pl`) and writes their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+import cpembed as cpe
+from cpembed._validation import check_obs_keys, get_matrix
+
+logger = logging.getLogger(__name__)
+
+#: Methods in the order they run; harmony corrects the PCA embedding, computed first.
+METHODS = ("baseline", "pca", "combat", "harmony", "sphering", "cellpaintr", "cwamsn")
+#: Methods run by default: all but CWA-MSN, which needs images.
+DEFAULT_METHODS = METHODS[:-1]
+#: Where each method's embedding lives; ``"X"`` is the preprocessed features themselves.
+EMBEDDING_KEYS = {
+    "baseline": "X",
+    "pca": "X_pca",
+    "combat": "X_combat",
+    "harmony": "X_harmony",
+    "sphering": "X_sphering",
+    "cellpaintr": "X_cellpaintr",
+    "cwamsn": "X_cwamsn",
+}
+#: Files of the report folder.
+RESULTS_CSV = "results.csv"
+TABLE_PNG = "benchmark_table.png"
+UMAP_PNG = "umap.png"
+HISTORY_PNG = "training_history.png"
+ADATA_H5AD = "embeddings.h5ad"
+SUMMARY_MD = "report.md"
+
+
+@dataclass(frozen=True)
+class CellPainTRSettings:
+    """Size and training length of the CellPainTR model the report trains.
+
+    The defaults are smaller and shorter than the paper's (``d_model=256``, four layers, 3 + 8 + 6 epochs) so that
+    the whole report on BBBC021 (632 wells) finishes within minutes on a two-core CPU.
+    """
+
+    d_model: int = 64
+    n_layers: int = 2
+    d_mlp: int = 256
+    epochs: tuple[int, int, int] = (2, 4, 3)
+
+    @classmethod
+    def tiny(cls) -> CellPainTRSettings:
+        """A model trained for a handful of minibatches: checks that the pipeline runs, not the model's quality."""
+        return cls(d_model=16, n_layers=1, d_mlp=32, epochs=(1, 2, 1))
+
+    def train_kwargs(self) -> dict[str, dict[str, int]]:
+        """Stage lengths as :meth:`cpembed.model.CellPainTR.train` takes them."""
+        return {f"stage{stage}": {"max_epochs": n} for stage, n in enumerate(self.epochs, start=1)}
+
+
+@dataclass(frozen=True)
+class CWAMSNSettings:
+    """Size and training length of the CWA-MSN image model the report trains.
+
+    The defaults, a three-layer ViT of width 64 on 32-pixel crops, are those of ``benchmarks/cwamsn_quality.py``:
+    small enough to train on a CPU, where the paper's ViT-S/16 on 224-pixel crops for 100 epochs needs a GPU.
+    """
+
+    image_size: int = 32
+    patch_size: int = 8
+    embed_dim: int = 64
+    depth: int = 3
+    num_heads: int = 4
+    hidden_dim: int = 256
+    out_dim: int = 64
+    n_prototypes: int = 64
+    focal_size: int = 16
+    n_focal_views: int = 6
+    epochs: int = 20
+
+    @classmethod
+    def tiny(cls) -> CWAMSNSettings:
+        """A one-layer model trained for one epoch: checks that the pipeline runs, not the model's quality."""
+        return cls(16, 8, 16, 1, 2, 32, 8, 8, 8, 2, epochs=1)
+
+    def model_kwargs(self) -> dict[str, int]:
+        """Architecture as :class:`cpembed.model.CWAMSN` takes it."""
+        return {name: value for name, value in asdict(self).items() if name != "epochs"}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Annotation keys and options of :func:`run_report`; the defaults fit :func:`cpembed.datasets.bbbc021`.
+
+    Attributes
+    ----------
+    batch_key
+        ``.obs`` column of the batch (source, or imaging batch) the methods correct.
+    plate_key
+        ``.obs`` column of the plate (per-plate normalisation; mAP negatives).
+    perturbation_key
+        ``.obs`` column of the perturbation (mAP replicates; CellPainTR's contrastive positives).
+    control_key
+        Boolean ``.obs`` column, ``True`` for negative-control wells.
+    moa_key
+        ``.obs`` column of the mechanism of action: the label of the bio metrics and the second UMAP colouring.
+        ``None`` uses the perturbation.
+    well_key
+        ``.obs`` column of the well position (mAP ignores replicates at the same position; CWA-MSN joins images
+        to profiles on plate and well). ``None`` when absent.
+    concentration_key
+        ``.obs`` column of the concentration. With ``moa_key`` it adds the 1-NN MoA accuracies NSC and NSCB
+        (:func:`cpembed.bm.moa_accuracy`) to the table.
+    methods
+        Methods to run, from :data:`METHODS`.
+    n_pcs
+        Principal components of the PCA embedding (and of Harmony's input); 50, scanpy's default.
+    cellpaintr
+        CellPainTR size and epochs.
+    images
+        Image AnnData (``.h5ad``, rows are fields with an image store, see :func:`cpembed.io.build_image_store`)
+        for CWA-MSN; its ``obs`` needs ``plate_key``, ``well_key`` and ``perturbation_key`` matching the profiles.
+    cwamsn
+        CWA-MSN size and epochs.
+    null_size
+        Random rankings of the mAP null distributions (10,000, Arevalo et al. 2024).
+    seed
+        Seed of PCA, Harmony, CellPainTR and the UMAPs.
+    n_jobs
+        Parallel workers of the benchmark's random forests and Leiden runs.
+    progress
+        Show progress bars.
+    """
+
+    batch_key: str = "Metadata_Batch"
+    plate_key: str = "Metadata_Plate"
+    perturbation_key: str = "Metadata_Compound"
+    control_key: str = "Metadata_is_negcon"
+    moa_key: str | None = "Metadata_moa"
+    well_key: str | None = "Metadata_Well"
+    concentration_key: str | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    n_pcs: int = 50
+    cellpaintr: CellPainTRSettings = field(default_factory=CellPainTRSettings)
+    images: Path | None = None
+    cwamsn: CWAMSNSettings = field(default_factory=CWAMSNSettings)
+    null_size: int = 10_000
+    seed: int = 0
+    n_jobs: int = 1
+    progress: bool = True
+
+    @property
+    def label_key(self) -> str:
+        """The biological label the bio metrics score."""
+        return self.moa_key or self.perturbation_key
+
+    def obs_keys(self) -> list[str]:
+        """Every ``.obs`` column the report reads."""
+        keys = [self.batch_key, self.plate_key, self.perturbation_key, self.control_key]
+        return keys + [key for key in (self.moa_key, self.well_key, self.concentration_key) if key is not None]
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """Turn ``"pca,harmony"`` into ``("pca", "harmony")``, raising a ValueError naming unknown methods."""
+    methods = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown methods {unknown or [text]}; choose from {', '.join(METHODS)}.")
+    return methods
+
+
+def check_inputs(adata: AnnData, config: ReportConfig) -> None:
+    """Raise before any work when a key, the control column or a method does not fit ``adata``."""
+    parse_methods(",".join(config.methods))
+    check_obs_keys(adata, *config.obs_keys())
+    if adata.obs[config.control_key].dtype != bool:
+        raise ValueError(
+            f"adata.obs[{config.control_key!r}] must be boolean (True for negative controls), "
+            f"got {adata.obs[config.control_key].dtype}."
+        )
+    if "cwamsn" in config.methods:
+        if config.images is None:
+            raise ValueError("Method 'cwamsn' embeds images: pass an image AnnData (`images=`, `--images`).")
+        if config.well_key is None:
+            raise ValueError("Method 'cwamsn' joins images to profiles by plate and well: set the well key.")
+        if not Path(config.images).is_file():
+            raise FileNotFoundError(f"Image AnnData {config.images} does not exist.")
+
+
+def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.DataFrame:
+    """Preprocess, embed with every method, benchmark and write the report folder.
+
+    Steps: :func:`cpembed.pp.recipe_jump`; the selected methods (preprocessed features, :func:`scanpy.pp.pca`,
+    :func:`cpembed.tl.combat`, :func:`cpembed.tl.harmony` on the PCA, :func:`cpembed.tl.sphering`, CellPainTR and
+    CWA-MSN); :func:`cpembed.bm.benchmark` (and :func:`cpembed.bm.moa_accuracy` with a concentration key); the
+    figures. Each step is logged with its duration.
+
+    Parameters
+    ----------
+    adata
+        Raw well profiles (wells × CellProfiler features) with the ``.obs`` columns named in ``config``. It is not
+        changed: the report works on a copy.
+    config
+        Keys and options.
+    out
+        Folder to write to (created if needed; files of an earlier report are replaced).
+
+    Returns
+    -------
+    The results table, one row per method (index: method names): the columns of :func:`cpembed.bm.benchmark`,
+    plus ``nsc`` and ``nscb`` with a concentration key. The folder receives ``results.csv``,
+    ``benchmark_table.png``, ``umap.png``, ``training_history.png`` (when CellPainTR ran), ``embeddings.h5ad``
+    (the preprocessed profiles with every embedding in ``.obsm`` and the table in ``.uns["cpe_benchmark"]``) and
+    ``report.md``.
+    """
+    check_inputs(adata, config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    raw_shape = adata.shape
+    adata = adata.copy()
+    with _timed("preprocessing (recipe_jump)", timings):
+        cpe.pp.recipe_jump(adata, config.plate_key, config.control_key)
+    histories = {}
+    for method in (name for name in METHODS if name in config.methods):
+        with _timed(method, timings):
+            history = _EMBEDDERS[method](adata, config)
+        if history is not None:
+            histories[method] = history
+    with _timed("benchmark", timings):
+        table = score_embeddings(adata, config)
+    with _timed("figures", timings):
+        figures = draw_figures(adata, table, histories, config, out)
+    table.to_csv(out / RESULTS_CSV)
+    adata.write_h5ad(out / ADATA_H5AD)
+    (out / SUMMARY_MD).write_text(summary_markdown(raw_shape, adata, config, table, timings, figures))
+    logger.info("report written to %s", out)
+    return table
+
+
+@contextmanager
+def _timed(step: str, timings: dict[str, float]) -> Iterator[None]:
+    logger.info("%s ...", step)
+    start = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - start
+    logger.info("%s done in %.1f s", step, timings[step])
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+
+
+def _baseline(adata: AnnData, config: ReportConfig) -> None:
+    """The preprocessed features in ``adata.X`` are the baseline; nothing to compute."""
+
+
+def _pca(adata: AnnData, config: ReportConfig) -> None:
+    import scanpy as sc
+
+    n_comps = min(config.n_pcs, adata.n_obs - 1, adata.n_vars - 1)
+    sc.pp.pca(adata, n_comps=n_comps, random_state=config.seed)
+
+
+def _combat(adata: AnnData, config: ReportConfig) -> None:
+    cpe.tl.combat(adata, config.batch_key)
+
+
+def _harmony(adata: AnnData, config: ReportConfig) -> None:
+    if EMBEDDING_KEYS["pca"] not in adata.obsm:
+        _pca(adata, config)
+    cpe.tl.harmony(adata, config.batch_key, basis=EMBEDDING_KEYS["pca"], random_state=config.seed)
+
+
+def _sphering(adata: AnnData, config: ReportConfig) -> None:
+    cpe.tl.sphering(adata, config.control_key)
+
+
+def _cellpaintr(adata: AnnData, config: ReportConfig) -> dict[str, pd.DataFrame]:
+    """Train CellPainTR (compounds as contrastive positives) and embed; returns the per-stage losses."""
+    from cpembed.model import CellPainTR
+
+    settings = config.cellpaintr
+    # The model registers the AnnData it trains on (scvi-tools adds columns): give it one of its own.
+    training = AnnData(X=adata.X, obs=adata.obs[[config.batch_key, config.perturbation_key]].copy(), var=adata.var)
+    CellPainTR.setup_anndata(training, batch_key=config.batch_key, labels_key=config.perturbation_key)
+    model = CellPainTR(training, d_model=settings.d_model, n_layers=settings.n_layers, d_mlp=settings.d_mlp)
+    model.train(
+        **settings.train_kwargs(),
+        seed=config.seed,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        logger=False,
+    )
+    cpe.tl.cellpaintr(adata, model=model, key_added=EMBEDDING_KEYS["cellpaintr"])
+    return model.history_
+
+
+def _cwamsn(adata: AnnData, config: ReportConfig) -> None:
+    """Train CWA-MSN on the images, average the image embeddings per well and align them with the profiles."""
+    import anndata as ad
+
+    images = ad.read_h5ad(config.images)
+    check_obs_keys(images, config.plate_key, config.well_key, config.perturbation_key)
+    well_id = "plate_well"
+    images.obs[well_id] = _plate_well(images.obs, config)
+    cpe.tl.cwamsn(
+        images,
+        config.perturbation_key,
+        well_id,
+        plate_key=config.plate_key,
+        batch_key=config.batch_key if config.batch_key in images.obs else None,
+        max_epochs=config.cwamsn.epochs,
+        model_kwargs={**config.cwamsn.model_kwargs(), "seed": config.seed},
+        train_kwargs={"progress_bar": config.progress},
+        key_added=EMBEDDING_KEYS["cwamsn"],
+    )
+    wells = cpe.pp.aggregate(images, by=well_id, obsm_key=EMBEDDING_KEYS["cwamsn"])
+    profile_wells = _plate_well(adata.obs, config)
+    missing = profile_wells[~profile_wells.isin(wells.obs_names)]
+    if len(missing):
+        raise ValueError(f"{len(missing)} profile wells have no image, e.g. {list(missing[:3])}.")
+    adata.obsm[EMBEDDING_KEYS["cwamsn"]] = wells[profile_wells.to_numpy()].X
+
+
+def _plate_well(obs: pd.DataFrame, config: ReportConfig) -> pd.Series:
+    return obs[config.plate_key].astype(str) + "/" + obs[config.well_key].astype(str)
+
+
+_EMBEDDERS: Mapping[str, Callable[[AnnData, ReportConfig], dict | None]] = {
+    "baseline": _baseline,
+    "pca": _pca,
+    "combat": _combat,
+    "harmony": _harmony,
+    "sphering": _sphering,
+    "cellpaintr": _cellpaintr,
+    "cwamsn": _cwamsn,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+
+
+def score_embeddings(adata: AnnData, config: ReportConfig) -> pd.DataFrame:
+    """Benchmark every embedding; one row per method, named by method."""
+    methods = [name for name in METHODS if name in config.methods]
+    table = cpe.bm.benchmark(
+        adata,
+        [EMBEDDING_KEYS[name] for name in methods],
+        batch_key=config.batch_key,
+        label_key=config.label_key,
+        perturbation_key=config.perturbation_key,
+        plate_key=config.plate_key,
+        control_key=config.control_key,
+        well_key=config.well_key,
+        null_size=config.null_size,
+        n_jobs=config.n_jobs,
+        progress=config.progress,
+    )
+    table.index = pd.Index(methods, name="method")
+    if config.moa_key is not None and config.concentration_key is not None:
+        table = table.join(_moa_accuracies(adata, methods, config))
+    adata.uns["cpe_benchmark"] = table
+    return table
+
+
+def _moa_accuracies(adata: AnnData, methods: list[str], config: ReportConfig) -> pd.DataFrame:
+
+    obs = adata.obs
+    rows = {}
+    for name in methods:
+        accuracy = cpe.bm.moa_accuracy(
+            get_matrix(adata, obsm_key=EMBEDDING_KEYS[name]),
+            obs[config.perturbation_key].to_numpy(),
+            obs[config.concentration_key].to_numpy(),
+            moa=obs[config.moa_key].to_numpy(),
+            batch=obs[config.batch_key].to_numpy(),
+            is_control=obs[config.control_key].to_numpy(),
+        )
+        rows[name] = {"nsc": accuracy.nsc, "nscb": accuracy.nscb}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def draw_figures(
+    adata: AnnData, table: pd.DataFrame, histories: dict[str, dict], config: ReportConfig, out: Path
+) -> dict[str, str]:
+    """Write the benchmark table, the UMAP grid and the training curves; return caption -> file name."""
+    figures = {"Benchmark scores (higher is better; methods sorted by overall score)": TABLE_PNG}
+    cpe.pl.benchmark_table(table, save=str(out / TABLE_PNG), show=False)
+    methods = list(table.index)
+    colourings = list(dict.fromkeys([config.batch_key, config.label_key]))
+    cpe.pl.umap(
+        adata,
+        [EMBEDDING_KEYS[name] for name in methods],
+        colourings,
+        control_key=config.control_key,
+        titles=methods,
+        random_state=config.seed,
+        save=str(out / UMAP_PNG),
+        show=False,
+    )
+    figures[f"UMAP of each embedding, coloured by {' and by '.join(colourings)} (controls in red)"] = UMAP_PNG
+    if "cellpaintr" in histories:
+        cpe.pl.training_history(histories["cellpaintr"], save=str(out / HISTORY_PNG), show=False)
+        figures["CellPainTR training losses per stage"] = HISTORY_PNG
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+
+
+def summary_markdown(
+    raw_shape: tuple[int, int],
+    adata: AnnData,
+    config: ReportConfig,
+    table: pd.DataFrame,
+    timings: dict[str, float],
+    figures: dict[str, str],
+) -> str:
+    """The report's Markdown page: data sizes, what ran and how long, the results table and the figures."""
+    obs = adata.obs
+    sizes = {
+        "wells": raw_shape[0],
+        "raw features": raw_shape[1],
+        "features after preprocessing": adata.n_vars,
+        f"batches ({config.batch_key})": obs[config.batch_key].nunique(),
+        f"plates ({config.plate_key})": obs[config.plate_key].nunique(),
+        f"perturbations ({config.perturbation_key})": obs[config.perturbation_key].nunique(),
+        f"control wells ({config.control_key})": int(obs[config.control_key].sum()),
+    }
+    if config.moa_key is not None:
+        sizes[f"MoA classes ({config.moa_key})"] = obs[config.moa_key].nunique()
+    cp = config.cellpaintr
+    lines = [
+        "# cpembed report",
+        "",
+        "## Data",
+        "",
+        _markdown_table(pd.DataFrame({"value": sizes}).rename_axis("")),
+        "",
+        "## What ran",
+        "",
+        f"Methods: {', '.join(table.index)}. Labels of the bio metrics: `{config.label_key}`; "
+        f"batch: `{config.batch_key}`; mAP null size {config.null_size}.",
+    ]
+    if "cellpaintr" in config.methods:
+        lines.append(
+            f"CellPainTR: d_model={cp.d_model}, n_layers={cp.n_layers}, d_mlp={cp.d_mlp}, "
+            f"epochs per stage {'/'.join(map(str, cp.epochs))}."
+        )
+    total = sum(timings.values())
+    steps = pd.DataFrame({"seconds": {**timings, "total": total}}).rename_axis("step").round(1)
+    lines += ["", _markdown_table(steps), "", "## Results", "", _markdown_table(table.T.round(3)), ""]
+    lines += ["## Figures", ""]
+    for caption, filename in figures.items():
+        lines += [f"**{caption}**", "", f"![{caption}]({filename})", ""]
+    lines.append(
+        f"Embeddings and preprocessed profiles: [{ADATA_H5AD}]({ADATA_H5AD}); table: [{RESULTS_CSV}]({RESULTS_CSV})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table, index first."""
+    header = [str(frame.index.name or ""), *map(str, frame.columns)]
+    rows = [[str(index), *map(_cell, values)] for index, values in zip(frame.index, frame.to_numpy(), strict=True)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        return "–" if np.isnan(value) else f"{value:g}"
+    return str(value)

@@ -1,0 +1,150 @@
+"""The ``cpembed`` command: ``cpembed run`` preprocesses, embeds, benchmarks and reports a profile table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ._report import METHODS, CellPainTRSettings, CWAMSNSettings, ReportConfig, parse_methods
+
+logger = logging.getLogger("cpembed")
+
+#: Exit status of bad arguments or input (argparse's).
+USAGE_ERROR = 2
+#: mAP null size of ``--quick`` (enough to run every metric, not to rank methods).
+QUICK_NULL_SIZE = 1000
+#: BBBC021's concentration column: with it, ``cpembed run`` on the bundled data adds NSC / NSCB MoA accuracy.
+BBBC021_CONCENTRATION_KEY = "Metadata_Concentration"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cpembed``."""
+    parser = argparse.ArgumentParser(prog="cpembed", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="preprocess, embed and benchmark profiles; write a report folder",
+        description="Preprocess profiles (JUMP recipe), embed them with baselines and CellPainTR (and CWA-MSN on "
+        "images), score every embedding and write a report folder. Without INPUT the bundled BBBC021 profiles are "
+        "used; the key defaults are BBBC021's column names.",
+    )
+    defaults = ReportConfig()
+    run.add_argument("input", nargs="?", type=Path, help="profile table: .csv, .csv.gz, .parquet or .h5ad")
+    run.add_argument("--out", type=Path, required=True, help="report folder to write")
+    run.add_argument("--batch-key", default=defaults.batch_key, help="obs column of the batch/source to correct")
+    run.add_argument("--plate-key", default=defaults.plate_key, help="obs column of the plate")
+    run.add_argument("--perturbation-key", default=defaults.perturbation_key, help="obs column of the perturbation")
+    run.add_argument("--control-key", default=defaults.control_key, help="boolean obs column, True for controls")
+    run.add_argument("--moa-key", default=defaults.moa_key, help="obs column of the MoA; 'none' to score perturbations")
+    run.add_argument("--well-key", default=defaults.well_key, help="obs column of the well position; 'none' if absent")
+    run.add_argument(
+        "--concentration-key",
+        default=None,
+        help=f"obs column of the concentration: adds NSC/NSCB MoA accuracy (default on BBBC021: "
+        f"{BBBC021_CONCENTRATION_KEY})",
+    )
+    run.add_argument(
+        "--methods",
+        type=_methods_argument,
+        default=None,
+        help=f"comma-separated methods from {','.join(METHODS)} (default: all but cwamsn, plus cwamsn with --images)",
+    )
+    run.add_argument("--images", type=Path, default=None, help="image AnnData (.h5ad with an image store) for CWA-MSN")
+    run.add_argument("--quick", action="store_true", help="tiny CellPainTR and a small mAP null: a fast check run")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of PCA, Harmony, CellPainTR and UMAP")
+    run.add_argument("--n-jobs", type=int, default=defaults.n_jobs, help="workers of the benchmark's classifiers")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars (the log stays)")
+    return parser
+
+
+def _methods_argument(text: str) -> tuple[str, ...]:
+    try:
+        return parse_methods(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cpembed``; returns the exit status (0, or 2 for bad arguments or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging()
+    try:
+        adata, config = _load(args)
+        from ._report import run_report
+
+        table = run_report(adata, config, args.out)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"cpembed: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+    print(table.round(3).to_string())
+    print(f"Report written to {args.out}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    """Read the input (or the bundled BBBC021 profiles) and turn the arguments into a :class:`ReportConfig`."""
+    import cpembed as cpe
+
+    if args.input is None:
+        adata = cpe.datasets.bbbc021()
+        concentration_key = args.concentration_key or BBBC021_CONCENTRATION_KEY
+    else:
+        adata = _read_input(args.input)
+        concentration_key = args.concentration_key
+    methods = args.methods or (*(name for name in METHODS if name != "cwamsn"), *(("cwamsn",) if args.images else ()))
+    config = ReportConfig(
+        batch_key=args.batch_key,
+        plate_key=args.plate_key,
+        perturbation_key=args.perturbation_key,
+        control_key=args.control_key,
+        moa_key=_optional(args.moa_key),
+        well_key=_optional(args.well_key),
+        concentration_key=concentration_key,
+        methods=methods,
+        images=args.images,
+        seed=args.seed,
+        n_jobs=args.n_jobs,
+        progress=not args.no_progress,
+    )
+    if args.quick:
+        config = replace(
+            config, cellpaintr=CellPainTRSettings.tiny(), cwamsn=CWAMSNSettings.tiny(), null_size=QUICK_NULL_SIZE
+        )
+    logger.info("input: %d wells × %d features", adata.n_obs, adata.n_vars)
+    return adata, config
+
+
+def _read_input(path: Path):
+    import anndata as ad
+
+    import cpembed as cpe
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Input file {path} does not exist.")
+    if path.name.lower().endswith(".h5ad"):
+        return ad.read_h5ad(path)
+    return cpe.io.read_profiles(path)
+
+
+def _optional(key: str | None) -> str | None:
+    return None if key is None or key.lower() == "none" else key
+
+
+def _configure_logging() -> None:
+    """Log cpembed's steps (INFO, with their durations) through rich, once per process."""
+    from rich.logging import RichHandler
+
+    package_logger = logging.getLogger("cpembed")
+    package_logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, RichHandler) for handler in package_logger.handlers):
+        package_logger.addHandler(RichHandler(show_path=False, log_time_format="[%X]"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
