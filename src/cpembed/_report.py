@@ -18,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 import cpembed as cpe
-from cpembed._validation import check_obs_keys, get_matrix
+from cpembed._validation import check_obs_keys, control_flags, get_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -183,11 +183,7 @@ def check_inputs(adata: AnnData, config: ReportConfig) -> None:
     """Raise before any work when a key, the control column or a method does not fit ``adata``."""
     parse_methods(",".join(config.methods))
     check_obs_keys(adata, *config.obs_keys())
-    if adata.obs[config.control_key].dtype != bool:
-        raise ValueError(
-            f"adata.obs[{config.control_key!r}] must be boolean (True for negative controls), "
-            f"got {adata.obs[config.control_key].dtype}."
-        )
+    control_flags(adata, config.control_key)
     if "cwamsn" in config.methods:
         if config.images is None:
             raise ValueError("Method 'cwamsn' embeds images: pass an image AnnData (`images=`, `--images`).")

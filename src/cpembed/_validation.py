@@ -22,6 +22,17 @@ def check_obs_keys(adata: AnnData, *keys: str | None) -> None:
         raise KeyError(f"{', '.join(map(repr, missing))} not found in adata.obs. Available columns: {available}.")
 
 
+def check_obs_complete(adata: AnnData, *keys: str | None, advice: str = "") -> None:
+    """Raise a ValueError naming the first ``.obs`` column among ``keys`` with missing values, and how many.
+
+    ``None`` entries are skipped, as in :func:`check_obs_keys`; ``advice`` is appended to the message.
+    """
+    for key in keys:
+        n_missing = 0 if key is None else int(adata.obs[key].isna().sum())
+        if n_missing:
+            raise ValueError(f"adata.obs[{key!r}] has {n_missing} missing values.{advice}")
+
+
 def check_obsm_keys(adata: AnnData, *keys: str) -> None:
     """Raise a KeyError naming each requested ``.obsm`` key that does not exist ("X" means ``adata.X``)."""
     missing = [key for key in keys if key != "X" and key not in adata.obsm]
@@ -32,6 +43,27 @@ def check_obsm_keys(adata: AnnData, *keys: str) -> None:
         )
 
 
+def check_layer(adata: AnnData, layer: str | None) -> None:
+    """Raise a KeyError naming ``layer`` and the available layers when it does not exist (``None`` is skipped)."""
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
+
+
+def control_flags(adata: AnnData, control_key: str, advice: str = "") -> np.ndarray:
+    """``adata.obs[control_key]`` as a boolean array (``True`` = negative control, as ``Metadata_is_negcon``).
+
+    Raises a KeyError when the column does not exist and a TypeError when it is not boolean; ``advice`` is appended
+    to the TypeError's message.
+    """
+    check_obs_keys(adata, control_key)
+    column = adata.obs[control_key]
+    if column.dtype != bool:
+        raise TypeError(
+            f"adata.obs[{control_key!r}] must be boolean (True for negative controls), got {column.dtype}.{advice}"
+        )
+    return column.to_numpy(dtype=bool)
+
+
 def get_matrix(adata: AnnData, *, layer: str | None = None, obsm_key: str | None = None) -> np.ndarray:
     """Return the dense matrix a function works on: ``adata.X``, a layer, or an ``.obsm`` entry.
 
@@ -40,8 +72,7 @@ def get_matrix(adata: AnnData, *, layer: str | None = None, obsm_key: str | None
     if layer is not None and obsm_key is not None:
         raise ValueError("Pass either `layer` or `obsm_key`, not both.")
     if layer is not None:
-        if layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
+        check_layer(adata, layer)
         matrix = adata.layers[layer]
     elif obsm_key is not None and obsm_key != "X":
         check_obsm_keys(adata, obsm_key)

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._report import run_report
 
         table = run_report(adata, config, args.out)
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         print(f"cpembed: error: {message}", file=sys.stderr)
         return USAGE_ERROR

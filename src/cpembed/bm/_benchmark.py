@@ -11,7 +11,14 @@ import pandas as pd
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from cpembed._validation import check_finite, check_obs_keys, check_obsm_keys, get_matrix
+from cpembed._validation import (
+    check_finite,
+    check_obs_complete,
+    check_obs_keys,
+    check_obsm_keys,
+    control_flags,
+    get_matrix,
+)
 
 from ._aggregate import CELLPAINTR_SCORES, JUMP_SCORES
 from ._classifier import batch_classifier, bio_information
@@ -352,16 +359,10 @@ def _read_wells(
     """Read and check the annotations: present, a boolean control flag, two batches, labels on treated wells."""
     check_obs_keys(adata, batch_key, label_key, perturbation_key, plate_key, control_key, well_key)
     obs = adata.obs
-    if obs[control_key].dtype != bool:
-        raise TypeError(
-            f"adata.obs[{control_key!r}] must be boolean (True for negative controls), got {obs[control_key].dtype}."
-        )
-    is_control = obs[control_key].to_numpy()
+    is_control = control_flags(adata, control_key)
     if is_control.all():
         raise ValueError(f"Every well is flagged as a control in adata.obs[{control_key!r}]: nothing to score.")
-    for key in (batch_key, perturbation_key, plate_key, well_key):
-        if key is not None and obs[key].isna().any():
-            raise ValueError(f"adata.obs[{key!r}] has {int(obs[key].isna().sum())} missing values.")
+    check_obs_complete(adata, batch_key, perturbation_key, plate_key, well_key)
     n_batches = obs[batch_key].nunique()
     if n_batches < 2:
         raise ValueError(

@@ -15,6 +15,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
+from ._inputs import per_sample
+
 
 def classifier_f1(
     X: np.ndarray,
@@ -47,9 +49,7 @@ def classifier_f1(
     The support-weighted F1 score on the held-out samples.
     """
     X = np.asarray(X)
-    y = np.asarray(y)
-    if y.shape != (X.shape[0],):
-        raise ValueError(f"y has shape {y.shape}, expected ({X.shape[0]},).")
+    y = per_sample(y, X.shape[0], "y")
     if len(np.unique(y)) < 2:
         raise ValueError("The classifier needs at least two classes.")
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, random_state=random_state)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse.csgraph import connected_components
 
+from ._inputs import per_sample
 from ._neighbors import NeighborsResult
 
 
@@ -35,9 +36,7 @@ def graph_connectivity(neighbors: NeighborsResult, labels: np.ndarray) -> float:
     -------
     The graph connectivity, in (0, 1].
     """
-    labels = np.asarray(labels)
-    if labels.shape != (neighbors.n_samples,):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({neighbors.n_samples},).")
+    labels = per_sample(labels, neighbors.n_samples, "labels")
     graph = neighbors.adjacency
     shares = []
     for label in pd.unique(labels):

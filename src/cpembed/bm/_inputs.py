@@ -1,4 +1,4 @@
-"""Validation of the array inputs shared by the retrieval and probe metrics."""
+"""Validation of the array inputs shared by the metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import numpy as np
 import pandas as pd
 
 from cpembed._validation import check_finite
+
+
+def per_sample(values: np.ndarray, n_samples: int, name: str) -> np.ndarray:
+    """``values`` as an array, after checking that it holds one entry per sample (a ValueError naming it if not)."""
+    values = np.asarray(values)
+    if values.shape != (n_samples,):
+        raise ValueError(f"{name} has shape {values.shape}, expected ({n_samples},).")
+    return values
 
 
 def validated_arrays(

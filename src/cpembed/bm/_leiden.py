@@ -18,6 +18,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from ._inputs import per_sample
 from ._neighbors import NeighborsResult
 
 #: scib-metrics searches the resolutions 0.2, 0.4, ..., 2.0.
@@ -75,9 +76,7 @@ def leiden_nmi_ari(
     """
     from joblib import Parallel, delayed
 
-    labels = np.asarray(labels)
-    if labels.shape != (neighbors.n_samples,):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({neighbors.n_samples},).")
+    labels = per_sample(labels, neighbors.n_samples, "labels")
     graph = neighbors.connectivities
     clusterings = Parallel(n_jobs=n_jobs)(delayed(_leiden)(graph, resolution, seed) for resolution in resolutions)
     nmis = [normalized_mutual_info_score(labels, clusters, average_method="arithmetic") for clusters in clusterings]

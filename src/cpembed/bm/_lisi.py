@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._inputs import per_sample
 from ._neighbors import NeighborsResult
 
 #: Bisection of the kernel precision: at most 50 steps, stopping at this entropy tolerance (Harmony, scib-metrics).
@@ -43,9 +44,7 @@ def lisi(neighbors: NeighborsResult, labels: np.ndarray, *, perplexity: float | 
     Array of shape (n_samples,) with values in [1, number of labels] (-1 where every kernel weight vanished, as
     scib-metrics reports it).
     """
-    labels = np.asarray(labels)
-    if labels.shape != (neighbors.n_samples,):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({neighbors.n_samples},).")
+    labels = per_sample(labels, neighbors.n_samples, "labels")
     codes, uniques = pd.factorize(labels)
     if perplexity is None:
         perplexity = np.floor(neighbors.n_neighbors / 3)

@@ -96,7 +96,7 @@ def moa_accuracy(
     treatment = wells.groupby(["compound", "concentration"], sort=False, observed=True).ngroup().to_numpy()
     treatments = _treatment_table(wells, treatment)
     profiles = pd.DataFrame(X[keep]).groupby(treatment).agg(aggregate).to_numpy(dtype=np.float64)
-    similarity = _cosine_similarity(profiles)
+    similarity = cosine_similarity_matrix(profiles, "treatment profiles")
 
     other_compound = treatments["compound"].to_numpy()[:, None] != treatments["compound"].to_numpy()[None, :]
     batches = pd.crosstab(treatment, wells["batch"].to_numpy()).to_numpy() > 0
@@ -126,10 +126,11 @@ def _treatment_table(wells: pd.DataFrame, treatment: np.ndarray) -> pd.DataFrame
     return grouped[["compound", "concentration", "moa"]].first().reset_index(drop=True)
 
 
-def _cosine_similarity(profiles: np.ndarray) -> np.ndarray:
+def cosine_similarity_matrix(profiles: np.ndarray, what: str) -> np.ndarray:
+    """Cosine similarity of every pair of rows; a ValueError counting the zero rows (``what``) if there are any."""
     norms = np.linalg.norm(profiles, axis=1)
     if (norms == 0).any():
-        raise ValueError(f"{int((norms == 0).sum())} treatment profiles are zero: cosine similarity is undefined.")
+        raise ValueError(f"{int((norms == 0).sum())} {what} are zero: cosine similarity is undefined.")
     unit = profiles / norms[:, None]
     return unit @ unit.T
 

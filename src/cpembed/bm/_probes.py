@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._inputs import validated_arrays
+from ._moa import cosine_similarity_matrix
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def known_relationship_recall(
     labels, consensus = _consensus_profiles(X[keep], perturbation[keep])
     if labels.size < 2:
         raise ValueError("Known-relationship recall needs at least two perturbations outside the controls.")
-    similarity = _cosine_similarity_matrix(consensus)
+    similarity = cosine_similarity_matrix(consensus, "consensus profiles")
     all_pairs = similarity[np.triu_indices(labels.size, k=1)]
     lower, upper = np.quantile(all_pairs, [fraction, 1 - fraction])
 
@@ -191,14 +192,6 @@ def _consensus_profiles(X: np.ndarray, perturbation: np.ndarray) -> tuple[np.nda
     sums = np.zeros((labels.size, X.shape[1]))
     np.add.at(sums, codes, X)
     return np.asarray(labels), sums / np.bincount(codes)[:, None]
-
-
-def _cosine_similarity_matrix(profiles: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(profiles, axis=1)
-    if (norms == 0).any():
-        raise ValueError(f"{int((norms == 0).sum())} consensus profiles are zero: cosine similarity is undefined.")
-    unit = profiles / norms[:, None]
-    return unit @ unit.T
 
 
 def _known_pair_array(known_pairs: pd.DataFrame | np.ndarray) -> np.ndarray:

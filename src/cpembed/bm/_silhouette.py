@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._inputs import per_sample
 from ._neighbors import Metric, _prepared_points
 
 #: Rows of the distance matrix formed at once for Euclidean silhouettes (1,024 × 50,000 float32 is 200 MB).
@@ -148,9 +149,7 @@ def silhouette_batch(
 
 def _cluster_codes(labels: np.ndarray, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer cluster codes 0..C-1 and cluster sizes."""
-    labels = np.asarray(labels)
-    if labels.shape != (n_samples,):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({n_samples},).")
+    labels = per_sample(labels, n_samples, "labels")
     codes = pd.factorize(labels)[0]
     if (codes < 0).any():
         raise ValueError("labels has missing values.")

@@ -47,11 +47,6 @@ class StudyDesign:
     n_poscons: int
     well_compound: np.ndarray
 
-    @property
-    def plate_source(self) -> np.ndarray:
-        """Source index of every plate."""
-        return self.batch_source[self.plate_batch]
-
     def obs(self, plates: slice = slice(None)) -> pd.DataFrame:
         """Well metadata of a range of plates, with categories that span the whole study."""
         plate_index = np.arange(len(self.plates))[plates]

@@ -20,7 +20,7 @@ from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _load_saved_files
 from scvi.train import TrainRunner
 
-from cpembed._validation import check_obs_keys
+from cpembed._validation import check_layer, check_obs_complete, check_obs_keys
 from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
 
@@ -170,13 +170,12 @@ class CellPainTR(BaseModelClass):
             stages 2-3 on compounds with known MoA and controls).
         """
         check_obs_keys(adata, batch_key, labels_key)
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
-        if labels_key is not None and adata.obs[labels_key].isna().any():
-            raise ValueError(
-                f"adata.obs[{labels_key!r}] has missing values. Fill them with a category such as 'unknown' "
-                "and pass unlabeled_category='unknown'."
-            )
+        check_layer(adata, layer)
+        check_obs_complete(
+            adata,
+            labels_key,
+            advice=" Fill them with a category such as 'unknown' and pass unlabeled_category='unknown'.",
+        )
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),

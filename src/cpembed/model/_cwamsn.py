@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import check_obs_keys
+from .._validation import check_obs_complete, check_obs_keys
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -146,9 +146,7 @@ class CWAMSN:
         index = adata.obs["image_index"].to_numpy()
         if index.min() < 0 or index.max() >= n_images:
             raise ValueError(f"obs['image_index'] must lie in [0, {n_images}), the rows of {path}.")
-        for key in (perturbation_key, well_key):
-            if adata.obs[key].isna().any():
-                raise ValueError(f"obs[{key!r}] has missing values.")
+        check_obs_complete(adata, perturbation_key, well_key)
         adata.uns[SETUP_UNS_KEY] = {
             "perturbation_key": perturbation_key,
             "well_key": well_key,

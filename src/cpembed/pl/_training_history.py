@@ -19,8 +19,6 @@ COUNT_COLUMNS = ("n_batches", "n_skipped")
 #: Column of the total loss, drawn dashed in black over its components (which it equals when there is one).
 TOTAL_COLUMN = "loss"
 
-History = Mapping[str, pd.DataFrame | Sequence[float]]
-
 
 def training_history(
     model_or_history: Any,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import column_blocks, finite_matrix, float_dtype, record, target, write_matrix
+from ._utils import column_blocks, finite_matrix, float_dtype, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -94,7 +94,5 @@ def clip_quantiles(
     *Nature Communications* 15, 6516 (2024).
     """
     clipped = clip_quantiles_array(finite_matrix(adata, layer=layer), lower=lower, upper=upper, per_feature=per_feature)
-    adata = target(adata, copy=copy)
-    write_matrix(adata, clipped, layer=layer)
-    record(adata, "clip_quantiles", {"lower": lower, "upper": upper, "per_feature": per_feature, "layer": layer})
-    return adata if copy else None
+    params = {"lower": lower, "upper": upper, "per_feature": per_feature, "layer": layer}
+    return write_transform(adata, clipped, "clip_quantiles", params, layer=layer, copy=copy)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ._rank import average_ranks
-from ._utils import finite_matrix, record, subset_features, target
+from ._utils import filter_features, finite_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -133,9 +133,5 @@ def correlation_filter(
     doi:10.1038/s41592-025-02611-8.
     """
     keep = correlation_mask(finite_matrix(adata), threshold=threshold, method=method, absolute=absolute)
-    adata = target(adata, copy=copy)
-    dropped = adata.var_names[~keep].to_numpy(dtype=str)
-    subset_features(adata, keep)
     params = {"threshold": threshold, "method": method, "absolute": absolute}
-    record(adata, "correlation_filter", params, dropped_features=dropped)
-    return adata if copy else None
+    return filter_features(adata, keep, "correlation_filter", params, copy=copy)

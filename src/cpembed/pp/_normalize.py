@@ -10,7 +10,7 @@ import numpy as np
 
 from cpembed._validation import check_groups_present
 
-from ._utils import control_mask, finite_matrix, float_dtype, plate_labels, record, target, write_matrix
+from ._utils import control_mask, finite_matrix, float_dtype, plate_labels, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -207,8 +207,12 @@ def normalize_to_controls(
         method=method,
         epsilon=epsilon,
     )
-    adata = target(adata, copy=copy)
-    write_matrix(adata, normalized, layer=layer)
-    params = {"plate_key": plate_key, "control_key": control_key, "control_value": control_value}
-    record(adata, "normalize_to_controls", {**params, "method": method, "epsilon": epsilon, "layer": layer})
-    return adata if copy else None
+    params = {
+        "plate_key": plate_key,
+        "control_key": control_key,
+        "control_value": control_value,
+        "method": method,
+        "epsilon": epsilon,
+        "layer": layer,
+    }
+    return write_transform(adata, normalized, "normalize_to_controls", params, layer=layer, copy=copy)

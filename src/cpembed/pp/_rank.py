@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.stats import norm
 
-from ._utils import column_blocks, finite_matrix, float_dtype, record, target, write_matrix
+from ._utils import column_blocks, finite_matrix, float_dtype, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -121,7 +121,4 @@ def rank_inverse_normal(
     *Nature Communications* 15, 6516 (2024).
     """
     transformed = rank_inverse_normal_array(finite_matrix(adata, layer=layer), c=c)
-    adata = target(adata, copy=copy)
-    write_matrix(adata, transformed, layer=layer)
-    record(adata, "rank_inverse_normal", {"c": c, "layer": layer})
-    return adata if copy else None
+    return write_transform(adata, transformed, "rank_inverse_normal", {"c": c, "layer": layer}, layer=layer, copy=copy)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cpembed._validation import check_finite, check_obs_keys, get_matrix
+from cpembed._validation import check_finite, check_obs_complete, check_obs_keys, control_flags, get_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -85,6 +85,33 @@ def record(adata: AnnData, step: str, params: dict[str, Any], **results: Any) ->
     adata.uns.setdefault(UNS_KEY, {})[step] = entry
 
 
+def filter_features(
+    adata: AnnData, keep: np.ndarray, step: str, params: dict[str, Any], *, copy: bool
+) -> AnnData | None:
+    """Finish a feature filter: subset (a copy of) ``adata`` to ``keep`` and record ``params`` and the dropped names.
+
+    Returns the filtered copy with ``copy=True``, else ``None`` (``adata`` is subset in place).
+    """
+    adata = target(adata, copy=copy)
+    dropped = adata.var_names[~keep].to_numpy(dtype=str)
+    subset_features(adata, keep)
+    record(adata, step, params, dropped_features=dropped)
+    return adata if copy else None
+
+
+def write_transform(
+    adata: AnnData, values: np.ndarray, step: str, params: dict[str, Any], *, layer: str | None, copy: bool
+) -> AnnData | None:
+    """Finish a transform: write ``values`` to (a copy of) ``adata`` where they were read from and record ``params``.
+
+    Returns the transformed copy with ``copy=True``, else ``None`` (``adata`` is changed in place).
+    """
+    adata = target(adata, copy=copy)
+    write_matrix(adata, values, layer=layer)
+    record(adata, step, params)
+    return adata if copy else None
+
+
 def control_mask(adata: AnnData, control_key: str, control_value: Any = None) -> np.ndarray:
     """Boolean mask of the negative-control wells.
 
@@ -92,19 +119,13 @@ def control_mask(adata: AnnData, control_key: str, control_value: Any = None) ->
     ``Metadata_is_negcon``); with it, the wells whose ``control_key`` equals ``control_value`` are controls
     (``control_key="Metadata_Compound", control_value="DMSO"``).
     """
+    if control_value is None:
+        return control_flags(adata, control_key, " Or name the control label with `control_value=` (e.g. 'DMSO').")
     check_obs_keys(adata, control_key)
-    column = adata.obs[control_key]
-    if control_value is not None:
-        mask = (column == control_value).to_numpy(dtype=bool)
-        if not mask.any():
-            raise ValueError(f"No well has adata.obs[{control_key!r}] == {control_value!r}: no negative controls.")
-        return mask
-    if column.dtype != bool:
-        raise TypeError(
-            f"adata.obs[{control_key!r}] has dtype {column.dtype}, not bool. Pass a boolean column "
-            f"(True for negative controls) or name the control label with `control_value=` (e.g. 'DMSO')."
-        )
-    return column.to_numpy(dtype=bool)
+    mask = (adata.obs[control_key] == control_value).to_numpy(dtype=bool)
+    if not mask.any():
+        raise ValueError(f"No well has adata.obs[{control_key!r}] == {control_value!r}: no negative controls.")
+    return mask
 
 
 def column_blocks(shape: tuple[int, int], description: str, *, elements: int = 2**22) -> Iterable[slice]:
@@ -118,7 +139,5 @@ def column_blocks(shape: tuple[int, int], description: str, *, elements: int = 2
 def plate_labels(adata: AnnData, plate_key: str) -> np.ndarray:
     """The plate of every well, as strings, from ``adata.obs[plate_key]`` (which must have no missing value)."""
     check_obs_keys(adata, plate_key)
-    column = adata.obs[plate_key]
-    if column.isna().any():
-        raise ValueError(f"adata.obs[{plate_key!r}] has {int(column.isna().sum())} missing values; fill them first.")
-    return column.astype(str).to_numpy()
+    check_obs_complete(adata, plate_key, advice=" Fill them first.")
+    return adata.obs[plate_key].astype(str).to_numpy()

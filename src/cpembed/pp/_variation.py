@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._normalize import control_statistics
-from ._utils import column_blocks, control_mask, finite_matrix, plate_labels, record, subset_features, target
+from ._utils import column_blocks, control_mask, filter_features, finite_matrix, plate_labels
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -95,11 +95,7 @@ def variation_filter(
     doi:10.1038/s41592-025-02611-8.
     """
     keep = variation_mask(finite_matrix(adata), freq_cut=freq_cut, unique_cut=unique_cut)
-    adata = target(adata, copy=copy)
-    dropped = adata.var_names[~keep].to_numpy(dtype=str)
-    subset_features(adata, keep)
-    record(adata, "variation_filter", {"freq_cut": freq_cut, "unique_cut": unique_cut}, dropped_features=dropped)
-    return adata if copy else None
+    return filter_features(adata, keep, "variation_filter", {"freq_cut": freq_cut, "unique_cut": unique_cut}, copy=copy)
 
 
 def control_variation_mask(
@@ -179,9 +175,5 @@ def control_variation_filter(
         control_mask(adata, control_key, control_value),
         min_coef_var=min_coef_var,
     )
-    adata = target(adata, copy=copy)
-    dropped = adata.var_names[~keep].to_numpy(dtype=str)
-    subset_features(adata, keep)
     params = {"plate_key": plate_key, "control_key": control_key, "control_value": control_value}
-    record(adata, "control_variation_filter", {**params, "min_coef_var": min_coef_var}, dropped_features=dropped)
-    return adata if copy else None
+    return filter_features(adata, keep, "control_variation_filter", {**params, "min_coef_var": min_coef_var}, copy=copy)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from anndata import AnnData
 
-from cpembed._validation import check_obs_keys
+from cpembed._validation import check_layer, check_obs_keys
 
 if TYPE_CHECKING:
     from cpembed.model import CellPainTR
@@ -77,8 +77,7 @@ def cellpaintr(
         raise ValueError(f"A trained model was given; training arguments {sorted(train_kwargs)} would be ignored.")
     if model is None:
         check_obs_keys(adata, batch_key, labels_key)
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}).")
+        check_layer(adata, layer)
         model = CellPainTR(
             _training_view(adata, layer, batch_key, labels_key, unlabeled_category), **(model_kwargs or {})
         )
