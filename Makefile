@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= results/bbbc021
 
-.PHONY: install test run lint benchmarks
+.PHONY: install test run lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,11 @@ test: install lint
 
 run: install
 	$(VENV)/bin/cpembed run --out $(OUT)
+
+# Documentation: the doc extra on top of the test set-up, then Sphinx with warnings as errors.
+$(VENV)/.doc-installed: $(VENV)/.installed
+	$(PY) -m pip install -e ".[doc]"
+	touch $@
+
+docs: $(VENV)/.doc-installed
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

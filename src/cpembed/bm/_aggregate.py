@@ -62,6 +62,7 @@ def _group_mean(results: pd.DataFrame, metrics: tuple[str, ...]) -> pd.Series:
     return present.mean(axis=1, skipna=False)
 
 
+#: The CellPainTR paper's Table 1 aggregates: Batch and Bio are plain means, Overall = (Batch + Bio) / 2.
 CELLPAINTR_SCORES = ScoreTable(
     batch_metrics=("graph_connectivity", "silhouette_batch", "batch_classifier_control", "batch_classifier_no_control"),
     bio_metrics=(
@@ -79,6 +80,7 @@ CELLPAINTR_SCORES = ScoreTable(
     bio_column="bio_score",
 )
 
+#: The JUMP batch-correction benchmark's aggregates (Arevalo et al. 2024): Total = 0.4 Batch + 0.6 Bio.
 JUMP_SCORES = ScoreTable(
     batch_metrics=("graph_connectivity", "silhouette_batch", "kbet", "ilisi"),
     bio_metrics=("leiden_nmi", "leiden_ari", "silhouette_label", "clisi", "map_control", "map_no_rep"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-# Phenix channel numbers of the bundled field -> Cell Painting stain (JUMP-Cell Painting channel order).
+#: Phenix channel numbers of the bundled field -> Cell Painting stain (JUMP-Cell Painting channel order).
 EXAMPLE_CHANNELS = {"2": "ER", "3": "AGP", "4": "Mito", "5": "DNA", "6": "RNA"}
 
 

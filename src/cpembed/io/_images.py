@@ -18,7 +18,7 @@ from ._image_store import (
     to_uint8,
 )
 
-# File name patterns of per-channel TIFFs. Named groups: well (or row + column), site, channel; plate optional.
+#: File name patterns of per-channel TIFFs. Named groups: well (or row + column), site, channel; plate optional.
 FILENAME_PATTERNS = {
     # Opera Phenix / Harmony export used by JUMP-Cell Painting: r01c01f01p01-ch1sk1fk1fl1.tiff
     "phenix": (
