@@ -58,7 +58,10 @@ def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_st
 def _palette(adata: AnnData, column: str, control_key: str | None) -> dict[str, str]:
     """Colours per category; categories made only of control wells get :data:`CONTROL_COLOR`."""
     values = adata.obs[column].astype(str)
-    categories = sorted(values.unique())
+    present = set(values)
+    # A categorical column keeps its own order (Week1, Week2, ..., Week10); anything else is sorted.
+    order = adata.obs[column].cat.categories.astype(str) if adata.obs[column].dtype == "category" else sorted(present)
+    categories = [category for category in order if category in present]
     control_categories = set()
     if control_key is not None:
         is_control = adata.obs[control_key].to_numpy(dtype=bool)
