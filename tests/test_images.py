@@ -9,9 +9,9 @@ import tifffile
 import cpembed as cpe
 from cpembed.io._image_store import to_uint8
 
-REAL_IMAGES = Path("/work/shared/data/images")
+REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 needs_real_images = pytest.mark.skipif(
-    not REAL_IMAGES.exists(), reason="the real microscopy fields live in /work/shared/data/images (not bundled)"
+    not REAL_IMAGES.exists(), reason="the real microscopy fields live in ../shared/data/images (not bundled)"
 )
 
 

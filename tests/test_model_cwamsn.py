@@ -11,7 +11,7 @@ import cpembed as cpe
 from cpembed.module import CrossWellSampler
 from cpembed.pp._aggregate import center_scale_to_controls, typical_variation_normalize
 
-REAL_IMAGES = Path("/work/shared/data/images")
+REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 TINY = {
     "image_size": 16,
     "patch_size": 8,
@@ -260,7 +260,9 @@ def test_handcrafted_features_match_masks(fields):
 # --------------------------------------------------------------------------- real images end to end
 
 
-@pytest.mark.skipif(not REAL_IMAGES.exists(), reason="the real microscopy fields live in /work/shared/data/images")
+@pytest.mark.skipif(
+    not REAL_IMAGES.exists(), reason="the real microscopy fields live in ../shared/data/images (not bundled)"
+)
 def test_real_fields_load_tile_embed(tmp_path):
     fields = cpe.io.read_images(REAL_IMAGES / "NF1_cellpainting_data_shrunken", plate="Plate_2")
     tiles = cpe.io.build_image_store(fields, tmp_path / "nf1.h5", tile_size=224)
