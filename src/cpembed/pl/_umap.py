@@ -108,7 +108,8 @@ def umap(
     """Draw a grid of UMAPs: one column per embedding, one row per colouring.
 
     The layout of the CellPainTR paper's Figures 4 and 7: methods side by side, coloured by source (batch effects)
-    and by mechanism of action (biology), with negative controls in one fixed colour.
+    and by mechanism of action (biology), with negative controls in one fixed colour. The grid makes its own
+    figure, so unlike single-panel plots it takes no ``ax`` (as scanpy's multi-panel plots do not use one).
 
     Parameters
     ----------
