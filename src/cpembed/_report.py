@@ -303,11 +303,11 @@ def _sphering(adata: AnnData, config: ReportConfig) -> None:
 def _cellpaintr(adata: AnnData, config: ReportConfig) -> dict[str, pd.DataFrame]:
     """Train CellPainTR (compounds as contrastive positives) and embed; returns the per-stage losses."""
     from cpembed.model import CellPainTR
+    from cpembed.tl._cellpaintr import training_view
 
     settings = config.cellpaintr
     # The model registers the AnnData it trains on (scvi-tools adds columns): give it one of its own.
-    training = AnnData(X=adata.X, obs=adata.obs[[config.batch_key, config.perturbation_key]].copy(), var=adata.var)
-    CellPainTR.setup_anndata(training, batch_key=config.batch_key, labels_key=config.perturbation_key)
+    training = training_view(adata, None, config.batch_key, config.perturbation_key, None)
     model = CellPainTR(training, **settings.model_kwargs())
     model.train(
         **settings.train_kwargs(),

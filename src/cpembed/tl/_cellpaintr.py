@@ -79,7 +79,7 @@ def cellpaintr(
         check_obs_keys(adata, batch_key, labels_key)
         check_layer(adata, layer)
         model = CellPainTR(
-            _training_view(adata, layer, batch_key, labels_key, unlabeled_category), **(model_kwargs or {})
+            training_view(adata, layer, batch_key, labels_key, unlabeled_category), **(model_kwargs or {})
         )
         model.train(**train_kwargs)
     embeddings = {key_added: model.get_latent_representation(adata)}
@@ -94,7 +94,7 @@ def cellpaintr(
     return adata if copy else None
 
 
-def _training_view(
+def training_view(
     adata: AnnData, layer: str | None, batch_key: str | None, labels_key: str | None, unlabeled_category: str | None
 ) -> AnnData:
     """A registered AnnData sharing ``adata``'s features, so the user's AnnData gets no scvi-tools columns."""
