@@ -264,7 +264,7 @@ def test_sphering_rejects_bad_controls_and_parameters(sphering_input):
     adata.obs["none"] = False
     with pytest.raises(ValueError, match="flags 0 control wells"):
         cpe.tl.sphering(adata, "none")
-    with pytest.raises(ValueError, match="must be a boolean column"):
+    with pytest.raises(TypeError, match="must be boolean"):
         cpe.tl.sphering(adata, "Metadata_Compound")
     with pytest.raises(ValueError, match="epsilon must be positive"):
         cpe.tl.sphering(adata, NEGCON, epsilon=0.0)

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
-from cpembed._validation import check_finite, check_obs_keys, get_matrix
+from cpembed._validation import check_finite, control_flags, get_matrix
 
 from ._common import store_embedding
 
@@ -72,9 +72,11 @@ def sphering(
     ------
     KeyError
         When ``control_key`` is not an ``.obs`` column.
+    TypeError
+        When ``control_key`` is not boolean.
     ValueError
-        When ``control_key`` is not boolean or flags fewer than two wells, when the data hold NaN or inf, when
-        ``epsilon`` is not positive or ``method`` unknown.
+        When ``control_key`` flags fewer than two wells, when the data hold NaN or inf, when ``epsilon`` is not
+        positive or ``method`` unknown.
 
     References
     ----------
@@ -130,13 +132,7 @@ def sphering_array(
 
 
 def _control_mask(adata: AnnData, control_key: str) -> np.ndarray:
-    check_obs_keys(adata, control_key)
-    column = adata.obs[control_key]
-    if column.dtype != bool:
-        raise ValueError(
-            f"adata.obs[{control_key!r}] must be a boolean column (True for negative controls), got {column.dtype}."
-        )
-    controls = column.to_numpy()
+    controls = control_flags(adata, control_key)
     if controls.sum() < 2:
         raise ValueError(
             f"adata.obs[{control_key!r}] flags {int(controls.sum())} control wells; sphering needs at least two to "
