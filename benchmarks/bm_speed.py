@@ -4,9 +4,10 @@ Four 64-d embeddings of simulated JUMP-like wells (cpe.datasets.simulate_profile
 compounds with MoAs, DMSO controls) are scored with every metric of the table. The baseline computes the same
 metrics with the reference libraries, as a user of scib-metrics' ``Benchmarker`` would: pynndescent neighbours
 (k = 90, subset to 15 and 50), graph connectivity, Leiden NMI/ARI, kBET per label, iLISI, cLISI and both silhouettes
-from scib-metrics 0.5, mAP from copairs, and the CellPainTR reference code's random forests from scikit-learn.
-Both sides run with the same ``--n-jobs`` for the random forests and Leiden. First calls (numba and jax
-compilation) are included, as a user would pay them.
+from scib-metrics 0.5, mAP from copairs, and the CellPainTR reference code's random forests from scikit-learn
+(cpembed grows the same trees with its own tree builder, so the forest scores agree exactly). Both sides run with
+the same ``--n-jobs`` for the random forests and Leiden. First calls (numba and jax compilation) are included, as a
+user would pay them.
 
 Prints each side's wall time per step, the end-to-end ratio, and the peak resident memory above the starting
 point (sampled every 20 ms; both sides share one process: cpembed runs second, from what the reference left).
