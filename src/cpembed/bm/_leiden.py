@@ -68,17 +68,26 @@ def leiden_nmi_ari(
     seed
         Seed of each clustering (scib-metrics' default, 42).
     n_jobs
-        Resolutions clustered in parallel processes (joblib); 1 runs them one after another.
+        Parallel processes (joblib) sharing the resolutions; 1 runs them one after another in this process.
 
     Returns
     -------
     NMI and ARI of the best clustering, and its resolution.
     """
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, effective_n_jobs
 
     labels = per_sample(labels, neighbors.n_samples, "labels")
     graph = neighbors.connectivities
-    clusterings = Parallel(n_jobs=n_jobs)(delayed(_leiden)(graph, resolution, seed) for resolution in resolutions)
+    # One task per worker, each building the igraph network once for its share of the resolutions.
+    n_tasks = max(1, min(effective_n_jobs(n_jobs), len(resolutions)))
+    shares = [list(range(task, len(resolutions), n_tasks)) for task in range(n_tasks)]
+    results = Parallel(n_jobs=n_tasks)(
+        delayed(_leiden)(graph, [resolutions[i] for i in share], seed) for share in shares
+    )
+    clusterings = [None] * len(resolutions)
+    for share, memberships in zip(shares, results, strict=True):
+        for i, membership in zip(share, memberships, strict=True):
+            clusterings[i] = membership
     nmis = [normalized_mutual_info_score(labels, clusters, average_method="arithmetic") for clusters in clusterings]
     best = int(np.argmax(nmis))
     return LeidenScores(
@@ -88,16 +97,24 @@ def leiden_nmi_ari(
     )
 
 
-def _leiden(graph: sparse.csr_matrix, resolution: float, seed: int) -> np.ndarray:
-    """One Leiden clustering of a symmetric weighted graph; igraph's random generator is restored afterwards."""
+def _leiden(graph: sparse.csr_matrix, resolutions: list[float], seed: int) -> list[np.ndarray]:
+    """Leiden clusterings of a symmetric weighted graph, one per resolution, each seeded afresh with ``seed``.
+
+    The network is built once for all of them; igraph's random generator is restored afterwards.
+    """
     import igraph
 
-    igraph.set_random_number_generator(random.Random(seed))
+    # Both directions of every edge are kept, as scanpy and scib-metrics build the graph.
+    network = igraph.Graph.Weighted_Adjacency(graph, mode="directed")
+    network.to_undirected(mode="each")
+    memberships = []
     try:
-        # Both directions of every edge are kept, as scanpy and scib-metrics build the graph.
-        network = igraph.Graph.Weighted_Adjacency(graph, mode="directed")
-        network.to_undirected(mode="each")
-        partition = network.community_leiden(objective_function="modularity", weights="weight", resolution=resolution)
+        for resolution in resolutions:
+            igraph.set_random_number_generator(random.Random(seed))
+            partition = network.community_leiden(
+                objective_function="modularity", weights="weight", resolution=resolution
+            )
+            memberships.append(np.asarray(partition.membership))
     finally:
         igraph.set_random_number_generator(random)
-    return np.asarray(partition.membership)
+    return memberships
