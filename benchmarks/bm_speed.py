@@ -12,7 +12,7 @@ user would pay them.
 Prints each side's wall time per step, the end-to-end ratio, and the peak resident memory above the starting
 point (sampled every 20 ms; both sides share one process: cpembed runs second, from what the reference left).
 
-    python benchmarks/bm_speed.py                    # 4 embeddings of ~50,000 wells x 64 dimensions
+    python benchmarks/bm_speed.py                    # 4 embeddings of 52,992 wells x 64 dimensions
     python benchmarks/bm_speed.py --plates 16        # ~6,000 wells, quick check
 """
 
@@ -190,7 +190,7 @@ def record_step_times(timings: dict) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plates", type=int, default=128, help="384-well plates (128: ~49,000 wells)")
+    parser.add_argument("--plates", type=int, default=144, help="384-well plates, a multiple of 16 (144: 52,992 wells)")
     parser.add_argument("--n-dims", type=int, default=64)
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--null-size", type=int, default=10_000)
