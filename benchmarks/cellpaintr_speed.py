@@ -22,6 +22,8 @@ Before timing, the package's FFT convolution is checked on the device against a 
 the benchmark's length (relative errors of output and gradients, printed with the run's metadata). Every
 configuration that runs out of memory or fails to compile is reported as such; ``--time-budget-s`` skips the
 configurations that would start after the budget; results are written to ``--json-out`` after every row.
+``--profile`` adds, for every ``cpembed`` configuration, the device time of two training steps by kernel family
+(matrix products, FFTs, compiled elementwise kernels, copies, ...) and the kernels that take the most time.
 
 Examples
 --------
@@ -256,7 +258,13 @@ def synthetic_batch(batch_size: int, n_features: int, device: torch.device, gene
 
 
 def measure(
-    model: nn.Module, loss_fn: Callable, embed_fn: Callable, batch_size: int, precision: str, args: argparse.Namespace
+    model: nn.Module,
+    loss_fn: Callable,
+    embed_fn: Callable,
+    batch_size: int,
+    precision: str,
+    args: argparse.Namespace,
+    profiled: bool = False,
 ) -> dict:
     """Train and inference throughput and peak memory of one configuration."""
     device = torch.device(args.device)
@@ -278,6 +286,8 @@ def measure(
     seconds = seconds_per_call(train_step, args.steps, args.warmup, device)
     result["train_samples_per_s"] = batch_size / seconds
     result["train_peak_gib"] = peak_memory_gib(device)
+    if args.profile and profiled:
+        result |= profile_training(train_step, device)
     optimizer.state.clear()  # free the optimiser's moments and the gradients before measuring inference
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -291,6 +301,52 @@ def measure(
     result["inference_samples_per_s"] = batch_size / seconds
     result["inference_peak_gib"] = peak_memory_gib(device)
     return result
+
+
+KERNEL_FAMILIES = (  # first match wins; names as cuBLAS, cuFFT, Inductor and ATen report them
+    ("matmul", ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("fft", ("fft", "regular_fft", "vector_fft", "bluestein")),
+    ("compiled elementwise", ("triton",)),
+    ("copy / layout", ("copy", "transpose", "cat", "pad", "memcpy", "memset")),
+    ("reduction", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+)
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, keys in KERNEL_FAMILIES if any(key in lowered for key in keys)), "other")
+
+
+def profile_training(step: Callable[[], None], device: torch.device, n_steps: int = 2, n_top: int = 15) -> dict:
+    """Device time of ``n_steps`` training steps by kernel family, and the ``n_top`` most expensive kernels.
+
+    On a GPU the events are CUDA kernels; on a CPU they are ATen operators timed by their own (self) CPU time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+
+    def milliseconds(event) -> float:
+        return (event.device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / n_steps
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(n_steps):
+            step()
+        synchronize(device)
+    kernels = [event for event in prof.key_averages() if milliseconds(event) > 0]
+    families: dict[str, float] = {}
+    for event in kernels:
+        family = kernel_family(event.key)
+        families[family] = families.get(family, 0.0) + milliseconds(event)
+    top = sorted(kernels, key=milliseconds, reverse=True)[:n_top]
+    return {
+        "profile_device_ms_per_step": sum(map(milliseconds, kernels)),
+        "profile_families_ms": dict(sorted(families.items(), key=lambda item: -item[1])),
+        "profile_top_kernels_ms": [(event.key[:90], milliseconds(event), event.count // n_steps) for event in top],
+    }
 
 
 def reference_loss(model: ReferenceModel, x, source, generator) -> torch.Tensor:
@@ -333,7 +389,9 @@ def run_config(config: dict, args: argparse.Namespace, network) -> dict:
             if config["compiled"]:
                 model.compile_blocks(dynamic=False)
             loss_fn = make_cpembed_loss(network)
-        config.update(measure(model, loss_fn, embed, config["batch_size"], config["precision"], args), status="ok")
+        profiled = config["implementation"] == "cpembed"
+        row = measure(model, loss_fn, embed, config["batch_size"], config["precision"], args, profiled)
+        config.update(row, status="ok")
     except torch.OutOfMemoryError:
         config["status"] = "out of memory"
     except Exception as error:  # e.g. a compiler failure: report it and go on with the other configurations
@@ -392,6 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-precision", choices=["bf16", "fp32"], default="fp32")
     parser.add_argument("--time-budget-s", type=float, default=None, help="skip configurations started after this")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true", help="device time by kernel family (cpembed rows)")
     return parser.parse_args(argv)
 
 
@@ -413,6 +472,17 @@ def format_table(rows: list[dict]) -> str:
             f"{number(row, 'train_peak_gib', '.1f'):>11}{number(row, 'inference_peak_gib', '.1f'):>11}"
             f"{number(row, 'train_ratio', '.2f'):>9}{number(row, 'inference_ratio', '.2f'):>9}  {row['status']}"
         )
+    return "\n".join(lines)
+
+
+def format_profile(row: dict) -> str:
+    title = (
+        f"\nprofile: cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}: "
+        f"{row['profile_device_ms_per_step']:.1f} ms of device time per training step"
+    )
+    lines = [title, *(f"  {family:<22}{ms:>9.1f} ms" for family, ms in row["profile_families_ms"].items())]
+    lines.append(f"  {'top kernels':<90}{'ms/step':>9}{'calls':>7}")
+    lines += [f"  {name:<90}{ms:>9.2f}{calls:>7}" for name, ms, calls in row["profile_top_kernels_ms"]]
     return "\n".join(lines)
 
 
@@ -455,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.json_out is not None:
             args.json_out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(format_table(rows), flush=True)
+    for row in rows:
+        if "profile_families_ms" in row:
+            print(format_profile(row), flush=True)
     print(f"ratios: samples/s over the reference row; total {time.perf_counter() - started:.0f} s", flush=True)
 
 
