@@ -50,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _profile import format_profile, profile_steps
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +288,8 @@ def measure(
     result["train_samples_per_s"] = batch_size / seconds
     result["train_peak_gib"] = peak_memory_gib(device)
     if args.profile and profiled:
-        result |= profile_training(train_step, device)
+        synchronize(device)
+        result |= profile_steps(train_step, device)
     optimizer.state.clear()  # free the optimiser's moments and the gradients before measuring inference
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -301,52 +303,6 @@ def measure(
     result["inference_samples_per_s"] = batch_size / seconds
     result["inference_peak_gib"] = peak_memory_gib(device)
     return result
-
-
-KERNEL_FAMILIES = (  # first match wins; names as cuBLAS, cuFFT, Inductor and ATen report them
-    ("matmul", ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm")),
-    ("fft", ("fft", "regular_fft", "vector_fft", "bluestein")),
-    ("compiled elementwise", ("triton",)),
-    ("copy / layout", ("copy", "transpose", "cat", "pad", "memcpy", "memset")),
-    ("reduction", ("reduce",)),
-    ("elementwise", ("elementwise", "vectorized", "unrolled")),
-    ("optimizer", ("adam", "multi_tensor", "foreach")),
-)
-
-
-def kernel_family(name: str) -> str:
-    lowered = name.lower()
-    return next((family for family, keys in KERNEL_FAMILIES if any(key in lowered for key in keys)), "other")
-
-
-def profile_training(step: Callable[[], None], device: torch.device, n_steps: int = 2, n_top: int = 15) -> dict:
-    """Device time of ``n_steps`` training steps by kernel family, and the ``n_top`` most expensive kernels.
-
-    On a GPU the events are CUDA kernels; on a CPU they are ATen operators timed by their own (self) CPU time.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    on_gpu = device.type == "cuda"
-
-    def milliseconds(event) -> float:
-        return (event.device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / n_steps
-
-    synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
-        for _ in range(n_steps):
-            step()
-        synchronize(device)
-    kernels = [event for event in prof.key_averages() if milliseconds(event) > 0]
-    families: dict[str, float] = {}
-    for event in kernels:
-        family = kernel_family(event.key)
-        families[family] = families.get(family, 0.0) + milliseconds(event)
-    top = sorted(kernels, key=milliseconds, reverse=True)[:n_top]
-    return {
-        "profile_device_ms_per_step": sum(map(milliseconds, kernels)),
-        "profile_families_ms": dict(sorted(families.items(), key=lambda item: -item[1])),
-        "profile_top_kernels_ms": [(event.key[:90], milliseconds(event), event.count // n_steps) for event in top],
-    }
 
 
 def reference_loss(model: ReferenceModel, x, source, generator) -> torch.Tensor:
@@ -475,17 +431,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_profile(row: dict) -> str:
-    title = (
-        f"\nprofile: cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}: "
-        f"{row['profile_device_ms_per_step']:.1f} ms of device time per training step"
-    )
-    lines = [title, *(f"  {family:<22}{ms:>9.1f} ms" for family, ms in row["profile_families_ms"].items())]
-    lines.append(f"  {'top kernels':<90}{'ms/step':>9}{'calls':>7}")
-    lines += [f"  {name:<90}{ms:>9.2f}{calls:>7}" for name, ms, calls in row["profile_top_kernels_ms"]]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -527,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows), flush=True)
     for row in rows:
         if "profile_families_ms" in row:
-            print(format_profile(row), flush=True)
+            title = f"cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}, training step"
+            print(format_profile(row, title), flush=True)
     print(f"ratios: samples/s over the reference row; total {time.perf_counter() - started:.0f} s", flush=True)
 
 
