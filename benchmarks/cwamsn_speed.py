@@ -3,8 +3,12 @@
 (a) baseline: uint8 batches already on the device; each step crops the views on the device (1 random + 10 focal
     anchor views, 1 target view), runs the MSN loss under bf16 autocast, AdamW, and the EMA update;
 (b) the same step fed by the data pipeline: cross-well pairs sampled and read from an on-disk HDF5 store (one chunk
-    per image) by DataLoader workers, pinned and copied to the device;
-(c) inference: EMA encoder forward on 224 px images.
+    per image) by DataLoader workers, pinned, and copied to the device on a side stream while the previous step
+    runs (``cpembed.module.prefetch_to_device``, as ``CWAMSN.train`` does);
+(c) inference: EMA encoder forward on 224 px images;
+(d) the data pipeline of (b) alone, without training: whether it can keep up with the step.
+
+``--profile`` adds the device time of two steps of (a) by kernel family and the kernels that take the most time.
 
 Needs torch, numpy and h5py only (``cpembed.module`` is imported from this checkout's ``src``). Example (one H100):
     python benchmarks/cwamsn_speed.py --device cuda --batch-size 256 --steps 30
@@ -25,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from _profile import format_profile, profile_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import cpembed.module as cm
@@ -58,6 +63,7 @@ def parse_args():
     )
     parser.add_argument("--inference-batch", type=int, default=1024)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the ViT blocks")
+    parser.add_argument("--profile", action="store_true", help="device time of a step (a) by kernel family")
     parser.add_argument("--json-out", default=None)
     return parser.parse_args()
 
@@ -106,7 +112,7 @@ def write_store(path, args, tile):
 
 
 def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_steps):
-    """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) uint8 tensors."""
+    """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) on the device."""
     iterator = iter(batches)
     for step in range(n_warmup + n_steps):
         if step == n_warmup:
@@ -116,12 +122,24 @@ def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_step
         cm.training_step(
             msn,
             optimizer,
-            anchor.to(device, non_blocking=True),
-            target.to(device, non_blocking=True),
+            anchor,
+            target,
             views,
             momentum=0.996,
             autocast_dtype=autocast,
         )
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def drain_s(batches, device, n_warmup, n_steps):
+    """Seconds the data pipeline alone takes to deliver ``n_steps`` batches to the device, after ``n_warmup``."""
+    iterator = iter(batches)
+    for step in range(n_warmup + n_steps):
+        if step == n_warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        next(iterator)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -230,6 +248,11 @@ def main():
             msn, optimizer, device_batches(args, tile, device), views, device, autocast, args.warmup, args.steps
         )
 
+    profile = None
+    if args.profile:
+        on_device = device_batches(args, tile, device)
+        profile = profile_steps(lambda: run_steps(msn, optimizer, on_device, views, device, autocast, 0, 1), device)
+
     with tempfile.TemporaryDirectory() as folder:
         store_path = Path(folder) / "store.h5"
         start = time.perf_counter()
@@ -237,22 +260,28 @@ def main():
         write_s = time.perf_counter() - start
         loader_kind = choose_loader(args, tile)
         n_batches = args.warmup + args.steps
-        make = {"process": process_batches, "thread": thread_batches}
+
+        def pipeline(kind):
+            make = {"process": process_batches, "thread": thread_batches}[kind]
+            return cm.prefetch_to_device(make(args, pair_dataset(args, store_path, n_batches)), device)
+
+        def train_from_store(kind):
+            return run_steps(msn, optimizer, pipeline(kind), views, device, autocast, args.warmup, args.steps)
+
         try:
-            batches = make[loader_kind](args, pair_dataset(args, store_path, n_batches))
-            pipeline_s = run_steps(msn, optimizer, batches, views, device, autocast, args.warmup, args.steps)
+            pipeline_s = train_from_store(loader_kind)
         except RuntimeError as error:  # e.g. /dev/shm too small for worker processes: measure with threads
             if loader_kind != "process":
                 raise
             print(f"process loader failed ({error}); measuring the thread loader instead.", flush=True)
-            loader_kind = "thread (process loader failed)"
-            batches = thread_batches(args, pair_dataset(args, store_path, n_batches))
-            pipeline_s = run_steps(msn, optimizer, batches, views, device, autocast, args.warmup, args.steps)
-        del batches
+            loader_kind = "thread"
+            pipeline_s = train_from_store(loader_kind)
+        loader_s = drain_s(pipeline(loader_kind), device, args.warmup, args.steps)
 
     inference = measure_inference(msn, args, device, autocast)
     baseline = args.steps * args.batch_size / baseline_s
     pipeline = args.steps * args.batch_size / pipeline_s
+    loader = args.steps * args.batch_size / loader_s
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     n_params = sum(p.numel() for p in msn.encoder.parameters())
     print(
@@ -266,11 +295,14 @@ def main():
         ("(a) training step, batches on device (baseline)", baseline, "samples/s"),
         ("(b) training step + HDF5 data pipeline", pipeline, "samples/s"),
         ("(c) inference (EMA encoder forward)", inference, "images/s"),
+        ("(d) data pipeline alone, to the device", loader, "samples/s"),
     ]
     for label, value, unit in rows:
         print(f"{label:<52} {value:>12,.1f} {unit}")
     print(f"{'ratio (b) / (a)':<52} {pipeline / baseline:>12.3f}")
     print("targets: (b) >= 2,400 samples/s and (c) >= 20,000 images/s on one H100")
+    if profile is not None:
+        print(format_profile(profile, f"training step (a), batch {args.batch_size}"))
     if args.json_out:
         result = {
             "device": name,
@@ -280,7 +312,9 @@ def main():
             "train_samples_per_s_baseline": baseline,
             "train_samples_per_s_pipeline": pipeline,
             "pipeline_ratio": pipeline / baseline,
+            "pipeline_alone_samples_per_s": loader,
             "inference_images_per_s": inference,
+            **(profile or {}),
         }
         Path(args.json_out).write_text(json.dumps(result, indent=2))
 

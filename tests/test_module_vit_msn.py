@@ -7,8 +7,10 @@ from cpembed.module import (
     MaskedSiameseNetwork,
     VisionTransformer,
     ema_update,
+    embed_patches,
     keep_random_patches,
     msn_loss,
+    prefetch_to_device,
     random_resized_crop,
     sharpen,
     sinkhorn,
@@ -26,6 +28,27 @@ def test_vit_shapes_and_interpolated_positions():
     assert vit(torch.randn(3, 5, 32, 32)).shape == (3, 32)
     assert vit(torch.randn(2, 5, 16, 16)).shape == (2, 32)  # focal views: 2x2 grid, interpolated positions
     assert tiny_vit(pool="mean")(torch.randn(2, 5, 32, 32)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (16, 24), (37, 41)])
+def test_embed_patches_equals_the_patchifying_convolution(size):
+    torch.manual_seed(0)
+    projection = torch.nn.Conv2d(5, 32, kernel_size=8, stride=8)
+    images = torch.randn(3, 5, *size, dtype=torch.float64)
+    projection = projection.double()
+    expected = projection(images).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed_patches(images, projection), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_prefetch_to_device_yields_every_batch_in_order_on_the_device():
+    batches = [(torch.full((2, 3), i), torch.arange(i)) for i in range(4)]
+    moved = list(prefetch_to_device(iter(batches), torch.device("cpu")))
+    assert len(moved) == len(batches)
+    for (first, second), (expected_first, expected_second) in zip(moved, batches, strict=True):
+        assert torch.equal(first, expected_first)
+        assert torch.equal(second, expected_second)
+        assert first.device.type == "cpu"
+    assert list(prefetch_to_device(iter([]), torch.device("cpu"))) == []
 
 
 def test_vit_s16_has_about_22m_parameters():

@@ -215,7 +215,15 @@ class CWAMSN:
         import torch
         from tqdm.auto import trange
 
-        from ..module import PairBatches, Schedule, StoreImages, apply_schedule, parameter_groups, training_step
+        from ..module import (
+            PairBatches,
+            Schedule,
+            StoreImages,
+            apply_schedule,
+            parameter_groups,
+            prefetch_to_device,
+            training_step,
+        )
 
         if accelerator == "auto":
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,13 +263,13 @@ class CWAMSN:
             for epoch in progress:
                 batches.epoch = epoch
                 losses = []
-                for anchor_images, target_images in loader:
+                for anchor_images, target_images in prefetch_to_device(loader, device):
                     apply_schedule(optimizer, schedule, step)
                     loss = training_step(
                         self.module,
                         optimizer,
-                        anchor_images.to(device, non_blocking=True),
-                        target_images.to(device, non_blocking=True),
+                        anchor_images,
+                        target_images,
                         self.views,
                         momentum=schedule.momentum_at(step),
                         clip_grad=clip_grad,

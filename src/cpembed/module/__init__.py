@@ -4,11 +4,11 @@ from ._cellpaintr import CellPainTRBlock, CellPainTRModule
 from ._crops import random_resized_crop, resize_for_inference, to_standardized_float
 from ._embeddings import FeatureTokenEmbedding
 from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft_size
-from ._image_batches import CrossWellSampler, PairBatches, StoreImages
+from ._image_batches import CrossWellSampler, PairBatches, StoreImages, prefetch_to_device
 from ._losses import masked_feature_loss, sample_feature_mask, supervised_contrastive_loss
 from ._msn import MaskedSiameseNetwork, MSNLoss, ProjectionHead, ema_update, msn_loss, sharpen, sinkhorn
 from ._msn_training import Schedule, ViewConfig, apply_schedule, make_views, parameter_groups, training_step
-from ._vit import VisionTransformer, keep_random_patches
+from ._vit import VisionTransformer, embed_patches, keep_random_patches
 
 __all__ = [
     "CellPainTRBlock",
@@ -28,12 +28,14 @@ __all__ = [
     "apply_schedule",
     "bidirectional_fft_conv",
     "ema_update",
+    "embed_patches",
     "fast_fft_size",
     "keep_random_patches",
     "make_views",
     "masked_feature_loss",
     "msn_loss",
     "parameter_groups",
+    "prefetch_to_device",
     "random_resized_crop",
     "resize_for_inference",
     "sample_feature_mask",

@@ -1,11 +1,16 @@
 """Cross-well pair sampling and batches of uint8 images streamed from an HDF5 image store (numpy, h5py, torch).
 
+:func:`prefetch_to_device` moves the batches to the GPU on a side stream, so that the copy of the next batch
+overlaps the training step on the current one.
+
 CWA-MSN (paper section 3.2) draws a perturbation, then two distinct wells that received it (anchor and target well,
 possibly on different plates or batches), then one image from each. The single-well ablation (plain MSN) draws the
 perturbation and well the same way and uses one image for both the anchor and the target views.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -107,3 +112,44 @@ class PairBatches(torch.utils.data.Dataset):
         anchors, targets = self.sampler.sample(self.batch_size, rng)
         images = self.images.read(np.concatenate([anchors, targets]))
         return torch.from_numpy(images[: self.batch_size]), torch.from_numpy(images[self.batch_size :])
+
+
+def prefetch_to_device(
+    batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield each batch (a tuple of tensors) on ``device``, copying the next one while the current one is in use.
+
+    On CUDA the copies run on a side stream (non-blocking, so pinned host tensors, as a ``DataLoader`` with
+    ``pin_memory=True`` gives, are copied asynchronously); the compute stream waits for a batch's copy only when
+    the batch is yielded. Elsewhere each batch is simply moved.
+    """
+    if device.type != "cuda":
+        for batch in batches:
+            yield tuple(tensor.to(device) for tensor in batch)
+        return
+    copy_stream = torch.cuda.Stream(device)
+
+    def start_copy(batch):
+        with torch.cuda.stream(copy_stream):
+            copied = tuple(tensor.to(device, non_blocking=True) for tensor in batch)
+            done = torch.cuda.Event()
+            done.record(copy_stream)
+        return copied, done
+
+    pending = None
+    for batch in batches:
+        started = start_copy(batch)
+        if pending is not None:
+            yield _ready(*pending, device)
+        pending = started
+    if pending is not None:
+        yield _ready(*pending, device)
+
+
+def _ready(batch: tuple[torch.Tensor, ...], copied, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Make the compute stream wait for ``batch``'s copy (event ``copied``) and mark the tensors as used there."""
+    compute_stream = torch.cuda.current_stream(device)
+    compute_stream.wait_event(copied)
+    for tensor in batch:
+        tensor.record_stream(compute_stream)
+    return batch

@@ -3,7 +3,9 @@
 Follows Dosovitskiy et al. 2021 ("An image is worth 16x16 words") with the ViT-S/16 sizes used by MSN
 (Assran et al. 2022) and CWA-MSN: width 384, depth 12, 6 heads, MLP ratio 4, qkv bias, LayerNorm eps 1e-6,
 a CLS token and a learned positional embedding. The patch embedding takes ``in_channels`` stains (5 for Cell
-Painting). Attention uses :func:`torch.nn.functional.scaled_dot_product_attention`.
+Painting); its parameters are those of a ``Conv2d`` with kernel and stride ``patch_size``, applied as one matrix
+product over flattened patches (:func:`embed_patches`), the same numbers without cuDNN's layout conversions.
+Attention uses :func:`torch.nn.functional.scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,21 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+def embed_patches(images: torch.Tensor, projection: nn.Conv2d) -> torch.Tensor:
+    """Patch tokens ``(batch, grid_h * grid_w, embed_dim)``, row-major over the grid, of a patchifying ``Conv2d``.
+
+    Equals ``projection(images).flatten(2).transpose(1, 2)`` for a convolution whose kernel and stride are both the
+    patch size (pixels beyond the last whole patch are ignored, as there): each patch is flattened channel-major
+    and multiplied by the flattened kernel, a single matrix product that follows autocast.
+    """
+    patch = projection.kernel_size[0]
+    batch, channels, height, width = images.shape
+    grid_h, grid_w = height // patch, width // patch
+    patches = images[..., : grid_h * patch, : grid_w * patch].reshape(batch, channels, grid_h, patch, grid_w, patch)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, grid_h * grid_w, channels * patch * patch)
+    return F.linear(patches, projection.weight.flatten(1), projection.bias)
 
 
 def keep_random_patches(tokens: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -152,9 +169,8 @@ class VisionTransformer(nn.Module):
 
         ``keep_ratio < 1`` drops a random share of patch tokens before the blocks (MSN masking).
         """
-        patches = self.patch_embed(images)
-        grid_height, grid_width = patches.shape[-2:]
-        tokens = patches.flatten(2).transpose(1, 2) + self.positional_embedding(grid_height, grid_width)
+        grid_height, grid_width = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        tokens = embed_patches(images, self.patch_embed) + self.positional_embedding(grid_height, grid_width)
         tokens = keep_random_patches(tokens, keep_ratio)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
