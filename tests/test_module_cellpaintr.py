@@ -439,12 +439,13 @@ def test_speed_benchmark_runs_with_torch_alone(tmp_path):
         "import runpy, sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
         f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
+        f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python benchmarks/cellpaintr_speed.py` does
         f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
     )
     out = tmp_path / "speed.json"
     args = ["--device", "cpu", "--n-features", "30", "--d-model", "16", "--batch-sizes", "4", "--steps", "1"]
     args += ["--warmup", "0", "--compile", "off", "--precisions", "bf16", "--baseline-batch-size", "2"]
-    args += ["--n-layers", "1", "--json-out", str(out)]
+    args += ["--n-layers", "1", "--json-out", str(out), "--profile"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False, env=env
@@ -454,3 +455,6 @@ def test_speed_benchmark_runs_with_torch_alone(tmp_path):
     assert {row["implementation"] for row in rows} == {"reference", "cpembed"}
     assert all(row["train_samples_per_s"] > 0 and row["inference_samples_per_s"] > 0 for row in rows)
     assert "train samples/s" in result.stdout
+    profile = next(row for row in rows if row["implementation"] == "cpembed")["profile_families_ms"]
+    assert profile["matmul"] > 0
+    assert "fft" in profile

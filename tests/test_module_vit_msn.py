@@ -1,4 +1,9 @@
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +186,33 @@ def test_full_crop_without_flip_is_identity():
     torch.testing.assert_close(flipped, images.flip(-1))
 
 
+def test_crops_sample_the_grid_of_affine_grid_for_their_boxes():
+    import torch.nn.functional as F
+
+    from cpembed.module._crops import crop_and_resize, random_crop_boxes
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 40, 30)
+    boxes = random_crop_boxes(6, (0.05, 1.0))
+    flip = torch.rand(6) < 0.5
+    theta = torch.zeros(6, 2, 3)
+    theta[:, 0, 0] = boxes[:, 2] * torch.where(flip, -1.0, 1.0)
+    theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = boxes[:, 0], boxes[:, 3], boxes[:, 1]
+    grid = F.affine_grid(theta, [6, 3, 12, 12], align_corners=False)
+    expected = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    torch.testing.assert_close(crop_and_resize(images, boxes, 12, flip), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_standardisation_equals_the_formula():
+    from cpembed.module import to_standardized_float
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 5, 9, 7), dtype=torch.uint8)
+    x = images.double() / 255
+    expected = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 1e-6)
+    torch.testing.assert_close(to_standardized_float(images).double(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_all_views_of_an_image_in_one_call_match_one_call_per_view():
     from cpembed.module._crops import crop_and_resize
 
@@ -203,3 +235,30 @@ def test_schedules_follow_msn():
     assert schedule.weight_decay_at(0) == pytest.approx(0.04)
     assert schedule.weight_decay_at(100) == pytest.approx(0.4)
     assert schedule.momentum_at(50) == pytest.approx(0.998)
+
+
+def test_speed_benchmark_runs_with_torch_alone(tmp_path):
+    """The CWA-MSN speed script runs where only torch, numpy and h5py are installed, and reports every row."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cwamsn_speed.py"
+    blocked = ["scanpy", "anndata", "scvi", "lightning", "pandas"]
+    code = (
+        "import runpy, sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
+        f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python benchmarks/cwamsn_speed.py` does
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    out = tmp_path / "speed.json"
+    args = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--image-size", "32"]
+    args += ["--depth", "1", "--width", "32", "--n-images", "256", "--workers", "0", "--inference-batch", "2"]
+    args += ["--profile", "--json-out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for key in ("train_samples_per_s_baseline", "train_samples_per_s_pipeline", "inference_images_per_s"):
+        assert report[key] > 0
+    assert report["pipeline_alone_samples_per_s"] > 0
+    assert report["profile_families_ms"]["matmul"] > 0

@@ -20,9 +20,9 @@ def to_standardized_float(images: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     (constant) channels finite.
     """
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True)
-    return (x - mean) / (std + eps)
+    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
+    scale = 1.0 / (std + eps)
+    return torch.addcmul(-mean * scale, x, scale)  # (x - mean) / (std + eps) in one pass over the pixels
 
 
 def random_crop_boxes(
@@ -63,12 +63,12 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: 
     flat = boxes.reshape(-1, 4)
     centre_x, centre_y, width, height = flat.unbind(dim=1)
     sign_x = 1.0 - 2.0 * flip.reshape(-1).float() if flip is not None else torch.ones_like(width)
-    theta = torch.zeros(flat.shape[0], 2, 3, device=images.device, dtype=torch.float32)
-    theta[:, 0, 0] = width * sign_x
-    theta[:, 0, 2] = centre_x
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = centre_y
-    grid = F.affine_grid(theta, [flat.shape[0], 1, size, size], align_corners=False)
+    # The sampling grid of F.affine_grid for an axis-aligned box (align_corners=False), built by broadcasting
+    # instead of a batched matrix product: pixel centres (2j + 1) / size - 1 scaled and shifted per box.
+    pixel_centres = (2 * torch.arange(size, device=images.device, dtype=torch.float32) + 1) / size - 1
+    grid_x = (width * sign_x)[:, None, None] * pixel_centres[None, None, :] + centre_x[:, None, None]
+    grid_y = height[:, None, None] * pixel_centres[None, :, None] + centre_y[:, None, None]
+    grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1)
     grid = grid.reshape(batch, n_views * size, size, 2)  # views stacked along the output height
     crops = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     crops = crops.reshape(batch, images.shape[1], n_views, size, size).permute(2, 0, 1, 3, 4)
