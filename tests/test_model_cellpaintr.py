@@ -46,7 +46,6 @@ def _setup(adata: ad.AnnData, **kwargs) -> ad.AnnData:
 
 @pytest.fixture(scope="module")
 def trained(profiles) -> CellPainTR:
-    torch.manual_seed(0)
     model = CellPainTR(_setup(profiles), **TINY)
     model.train(**STAGES, seed=0, **QUIET)
     return model
@@ -57,6 +56,20 @@ def saved(trained, tmp_path_factory):
     path = tmp_path_factory.mktemp("cellpaintr") / "model"
     trained.save(str(path))
     return path
+
+
+def test_one_seed_gives_one_model_whatever_the_global_random_state(profiles, trained):
+    """Initial weights and training (masks, sampling, dropout) depend on the seeds only, not on torch's global
+    generator, which is left as the caller had it."""
+    torch.manual_seed(12345)
+    state = torch.random.get_rng_state()
+    model = CellPainTR(_setup(profiles), **TINY)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    model.train(**STAGES, seed=0, **QUIET)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    np.testing.assert_array_equal(model.get_latent_representation(), trained.get_latent_representation())
+    first, second = (CellPainTR(_setup(profiles), **TINY, seed=seed).module.state_dict() for seed in (0, 1))
+    assert not torch.equal(first["blocks.0.mlp.0.weight"], second["blocks.0.mlp.0.weight"])
 
 
 def test_each_stage_has_its_own_finite_embedding(trained):

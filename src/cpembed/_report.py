@@ -308,7 +308,7 @@ def _cellpaintr(adata: AnnData, config: ReportConfig) -> dict[str, pd.DataFrame]
     settings = config.cellpaintr
     # The model registers the AnnData it trains on (scvi-tools adds columns): give it one of its own.
     training = training_view(adata, None, config.batch_key, config.perturbation_key, None)
-    model = CellPainTR(training, **settings.model_kwargs())
+    model = CellPainTR(training, **settings.model_kwargs(), seed=config.seed)
     model.train(
         **settings.train_kwargs(),
         seed=config.seed,

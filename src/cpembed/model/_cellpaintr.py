@@ -25,6 +25,7 @@ from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
 
 from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks
+from ._random_state import seeded_torch_random
 from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
 from ._training_plan import DEFAULT_STAGES, CellPainTRTrainingPlan, StageConfig
 
@@ -83,6 +84,9 @@ class CellPainTR(BaseModelClass):
     added_sources
         Sources added after training with :meth:`add_source`; filled in by the model, so that a saved model
         rebuilds its vocabulary on :meth:`load`.
+    seed
+        Seed of the initial weights; :meth:`train` takes its own seed for masks, sampling and dropout. The caller's
+        random state is left untouched, so one seed gives one model whatever ran before.
 
     Notes
     -----
@@ -112,21 +116,23 @@ class CellPainTR(BaseModelClass):
         dropout: float = 0.1,
         filter_width: int = 64,
         added_sources: Sequence[str] = (),
+        seed: int = 0,
     ):
         super().__init__(adata)
         self._added_sources = list(added_sources)
         self.feature_groups = _feature_group_ids(adata)
-        self.module = self._module_cls(
-            n_features=adata.n_vars,
-            n_sources=len(self._trained_sources),
-            feature_groups=self.feature_groups,
-            d_model=d_model,
-            n_layers=n_layers,
-            d_mlp=d_mlp,
-            dropout=dropout,
-            filter_width=filter_width,
-            unknown_source=True,
-        )
+        with seeded_torch_random(seed):
+            self.module = self._module_cls(
+                n_features=adata.n_vars,
+                n_sources=len(self._trained_sources),
+                feature_groups=self.feature_groups,
+                d_model=d_model,
+                n_layers=n_layers,
+                d_mlp=d_mlp,
+                dropout=dropout,
+                filter_width=filter_width,
+                unknown_source=True,
+            )
         if added_sources:
             self.module.add_sources(len(added_sources))
         self.stage_states_: dict[int, dict] = {}
@@ -290,7 +296,7 @@ class CellPainTR(BaseModelClass):
             Stage 1 reads minibatches from blocks of this many consecutive wells, which keeps reads from a backed
             ``.h5ad`` contiguous.
         seed
-            Seed of the samplers, masks and source dropout.
+            Seed of the samplers, masks, source dropout and dropout (training is reproducible for one seed).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (and on to Lightning), e.g. ``strategy``,
             ``enable_progress_bar``.
@@ -386,7 +392,8 @@ class CellPainTR(BaseModelClass):
             use_distributed_sampler=False,  # the samplers shard the epoch themselves
             **trainer_kwargs,
         )
-        runner()
+        with seeded_torch_random(seed, cuda=accelerator != "cpu"):  # dropout draws from the global generators
+            runner()
         self.history_ = history
         return plan.epoch_losses
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import check_obs_complete, check_obs_keys
+from ._random_state import seeded_torch_random
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -95,15 +96,13 @@ class CWAMSN:
         seed: int = 0,
     ):
         self.init_params_ = {key: value for key, value in locals().items() if key not in {"self", "adata"}}
-        import torch
 
         from ..module import MaskedSiameseNetwork, ViewConfig, VisionTransformer
 
         self.setup_args_ = self._registered_setup(adata)
         self.adata = adata
         n_channels = _store_shape(self.setup_args_["image_store"])[1]
-        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
-            torch.manual_seed(seed)
+        with seeded_torch_random(seed):
             encoder = VisionTransformer(
                 n_channels, image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, pool=pool
             )
@@ -255,9 +254,7 @@ class CWAMSN:
         )
         autocast = torch.bfloat16 if device.type == "cuda" else None
         step = 0
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices):  # seeded crops and patch drops; caller's state untouched
-            torch.manual_seed(self.init_params_["seed"])
+        with seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"):  # crops, patch drops
             description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
             progress = trange(max_epochs, desc=description, disable=not progress_bar)
             for epoch in progress:
