@@ -1,8 +1,5 @@
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -431,25 +428,13 @@ def test_network_files_import_only_torch_numpy_and_stdlib():
             assert roots <= allowed, f"{name} imports {roots - allowed}"
 
 
-def test_speed_benchmark_runs_with_torch_alone(tmp_path):
-    """The benchmark must run where only torch and numpy are installed: block cpembed's heavy dependencies."""
-    script = REPO / "benchmarks" / "cellpaintr_speed.py"
-    blocked = ["scanpy", "anndata", "scvi", "lightning", "pandas"]
-    code = (
-        "import runpy, sys\n"
-        f"for name in {blocked!r}: sys.modules[name] = None\n"
-        f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
-        f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python benchmarks/cellpaintr_speed.py` does
-        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
-    )
+def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_only):
+    """The benchmark must run where only torch and numpy are installed (cpembed's heavy dependencies blocked)."""
     out = tmp_path / "speed.json"
     args = ["--device", "cpu", "--n-features", "30", "--d-model", "16", "--batch-sizes", "4", "--steps", "1"]
     args += ["--warmup", "0", "--compile", "off", "--precisions", "bf16", "--baseline-batch-size", "2"]
     args += ["--n-layers", "1", "--json-out", str(out), "--profile"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False, env=env
-    )
+    result = run_benchmark_torch_only("cellpaintr_speed.py", args)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["results"]
     assert {row["implementation"] for row in rows} == {"reference", "cpembed"}

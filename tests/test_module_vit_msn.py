@@ -1,9 +1,5 @@
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -237,25 +233,13 @@ def test_schedules_follow_msn():
     assert schedule.momentum_at(50) == pytest.approx(0.998)
 
 
-def test_speed_benchmark_runs_with_torch_alone(tmp_path):
+def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_only):
     """The CWA-MSN speed script runs where only torch, numpy and h5py are installed, and reports every row."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cwamsn_speed.py"
-    blocked = ["scanpy", "anndata", "scvi", "lightning", "pandas"]
-    code = (
-        "import runpy, sys\n"
-        f"for name in {blocked!r}: sys.modules[name] = None\n"
-        f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
-        f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python benchmarks/cwamsn_speed.py` does
-        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
-    )
     out = tmp_path / "speed.json"
     args = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--image-size", "32"]
     args += ["--depth", "1", "--width", "32", "--n-images", "256", "--workers", "0", "--inference-batch", "2"]
     args += ["--profile", "--json-out", str(out)]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False, env=env
-    )
+    result = run_benchmark_torch_only("cwamsn_speed.py", args)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     for key in ("train_samples_per_s_baseline", "train_samples_per_s_pipeline", "inference_images_per_s"):
