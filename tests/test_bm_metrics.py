@@ -5,6 +5,8 @@ batch silhouette, Leiden NMI/ARI, kBET per label, iLISI, cLISI, UMAP connectivit
 and brute-force versions kept here. Tolerances are stated at each comparison.
 """
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,6 +75,19 @@ def test_connectivities_equal_umap(neighbors):
     reference = scib_neighbors(neighbors).subset_neighbors(15).knn_graph_connectivities.tocsr()
     assert ours.nnz == reference.nnz
     assert abs(ours - reference).max() < 1e-5  # umap works in float32
+
+
+def test_connectivities_with_duplicated_wells_equal_umap_without_warnings(bbbc021):
+    """Exact duplicates put several neighbours at distance 0, below rho: their weight is 1, as in UMAP, and the
+    kernel-width search must not overflow on the way."""
+    X = np.concatenate([bbbc021["pca"], np.repeat(bbbc021["pca"][:3], 8, axis=0)])
+    result = bm.nearest_neighbors(X, 15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = result.connectivities
+    reference = scib_neighbors(result).knn_graph_connectivities.tocsr()
+    assert ours.nnz == reference.nnz
+    assert abs(ours - reference).max() < 1e-5
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -84,8 +84,9 @@ class NeighborsResult:
         neighbour and ``sigma`` is found by bisection so that the weights of a sample sum to ``log2(k)``; the graph is
         then symmetrised with the fuzzy union ``A + Aᵀ - A ∘ Aᵀ``.
         """
-        sigmas, rhos = _smooth_knn_distances(self.distances)
-        weights = np.exp(-np.clip(self.distances - rhos[:, None], 0.0, None) / sigmas[:, None])
+        distances = self.distances.astype(np.float32).astype(np.float64)  # UMAP's float32 values, as rho's
+        sigmas, rhos = _smooth_knn_distances(distances)
+        weights = np.exp(-np.clip(distances - rhos[:, None], 0.0, None) / sigmas[:, None])
         weights[self.indices == np.arange(self.n_samples)[:, None]] = 0.0
         n, k = self.indices.shape
         graph = sparse.csr_matrix(
@@ -115,7 +116,7 @@ def _smooth_knn_distances(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray
         if rows.size == 0:
             break
         shifted = distances[rows, 1:] - rhos[rows, None]
-        psum = np.where(shifted > 0, np.exp(-shifted / mid[rows, None]), 1.0).sum(axis=1)
+        psum = np.exp(-np.maximum(shifted, 0.0) / mid[rows, None]).sum(axis=1)  # weight 1 up to rho, as UMAP
         done = np.abs(psum - target) < _SMOOTH_K_TOLERANCE
         too_wide = (psum > target) & ~done
         too_narrow = ~too_wide & ~done
