@@ -15,6 +15,7 @@ Luecken, M. D. et al. Benchmarking atlas-level data integration in single-cell g
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -122,39 +123,52 @@ def clisi(
     return (n_labels - median) / (n_labels - 1)
 
 
+@numba.njit(parallel=True, cache=True)
 def _kernel_weights(distances: np.ndarray, not_self: np.ndarray, perplexity: float) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy and normalised Gaussian weights of each row, precision found by bisection on the entropy."""
-    n = distances.shape[0]
-    beta = np.ones(n)
-    beta_min = np.full(n, -np.inf)
-    beta_max = np.full(n, np.inf)
-    entropy, weights = _entropy_and_weights(distances, not_self, beta)
-    gap = entropy - np.log(perplexity)
-    for _ in range(_MAX_STEPS):
-        rows = np.flatnonzero(np.abs(gap) >= _TOLERANCE)
-        if rows.size == 0:
-            break
-        too_flat = gap[rows] > 0
-        b, lo, hi = beta[rows], beta_min[rows], beta_max[rows]
-        beta[rows] = np.where(
-            too_flat,
-            np.where(np.isinf(hi), b * 2, (b + hi) / 2),
-            np.where(np.isinf(lo), b / 2, (b + lo) / 2),
-        )
-        beta_min[rows] = np.where(too_flat, b, lo)
-        beta_max[rows] = np.where(too_flat, hi, b)
-        entropy[rows], weights[rows] = _entropy_and_weights(distances[rows], not_self[rows], beta[rows])
-        gap[rows] = entropy[rows] - np.log(perplexity)
+    """Entropy and normalised Gaussian weights of each row, the precision found by bisection on the entropy.
+
+    Harmony's ``Hbeta`` search, row by row (rows in parallel): start from precision 1, double or halve it until the
+    entropy is bracketed, then bisect until it is within ``_TOLERANCE`` of ``log(perplexity)`` or ``_MAX_STEPS``
+    updates were made.
+    """
+    n, k = distances.shape
+    target = np.log(perplexity)
+    entropy = np.zeros(n)
+    weights = np.zeros((n, k))
+    for row in numba.prange(n):
+        beta, beta_min, beta_max = 1.0, -np.inf, np.inf
+        row_entropy = _entropy_and_weights(distances[row], not_self[row], beta, weights[row])
+        for _ in range(_MAX_STEPS):
+            gap = row_entropy - target
+            if abs(gap) < _TOLERANCE:
+                break
+            if gap > 0:  # too flat: sharpen
+                beta_min = beta
+                beta = beta * 2 if np.isinf(beta_max) else (beta + beta_max) / 2
+            else:
+                beta_max = beta
+                beta = beta / 2 if np.isinf(beta_min) else (beta + beta_min) / 2
+            row_entropy = _entropy_and_weights(distances[row], not_self[row], beta, weights[row])
+        entropy[row] = row_entropy
     return entropy, weights
 
 
-def _entropy_and_weights(
-    distances: np.ndarray, not_self: np.ndarray, beta: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Harmony's ``Hbeta``: weights ``exp(-d·beta)`` (self excluded), their entropy, and the normalised weights."""
-    weights = np.where(not_self, np.exp(-distances * beta[:, None]), 0.0)
-    total = weights.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = np.where(total == 0, 0.0, np.log(total) + beta * (distances * weights).sum(axis=1) / total)
-        weights = np.where(total[:, None] == 0, 0.0, weights / total[:, None])
-    return entropy, weights
+@numba.njit(cache=True, inline="always")
+def _entropy_and_weights(distances: np.ndarray, not_self: np.ndarray, beta: float, weights: np.ndarray) -> float:
+    """Harmony's ``Hbeta`` for one row: the entropy of the weights ``exp(-d·beta)`` (self excluded).
+
+    The normalised weights are written into ``weights``; when every weight vanished they are all 0 and so is the
+    returned entropy.
+    """
+    total = 0.0
+    weighted_distance = 0.0
+    for j in range(distances.shape[0]):
+        weight = np.exp(-distances[j] * beta) if not_self[j] else 0.0
+        weights[j] = weight
+        total += weight
+        weighted_distance += distances[j] * weight
+    if total == 0.0:
+        return 0.0
+    for j in range(distances.shape[0]):
+        weights[j] /= total
+    return np.log(total) + beta * weighted_distance / total
