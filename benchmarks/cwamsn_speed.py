@@ -111,37 +111,31 @@ def write_store(path, args, tile):
         file.attrs["channels"] = [f"ch{i}" for i in range(args.channels)]
 
 
-def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_steps):
-    """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) on the device."""
+def time_batches(batches, consume, device, n_warmup, n_steps):
+    """Seconds for ``consume`` to take ``n_steps`` batches of ``batches``, after ``n_warmup`` untimed ones."""
     iterator = iter(batches)
     for step in range(n_warmup + n_steps):
         if step == n_warmup:
             synchronize(device)
             start = time.perf_counter()
-        anchor, target = next(iterator)
-        cm.training_step(
-            msn,
-            optimizer,
-            anchor,
-            target,
-            views,
-            momentum=0.996,
-            autocast_dtype=autocast,
-        )
+        consume(next(iterator))
     synchronize(device)
     return time.perf_counter() - start
+
+
+def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_steps):
+    """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) on the device."""
+
+    def train(batch):
+        anchor, target = batch
+        cm.training_step(msn, optimizer, anchor, target, views, momentum=0.996, autocast_dtype=autocast)
+
+    return time_batches(batches, train, device, n_warmup, n_steps)
 
 
 def drain_s(batches, device, n_warmup, n_steps):
     """Seconds the data pipeline alone takes to deliver ``n_steps`` batches to the device, after ``n_warmup``."""
-    iterator = iter(batches)
-    for step in range(n_warmup + n_steps):
-        if step == n_warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        next(iterator)
-    synchronize(device)
-    return time.perf_counter() - start
+    return time_batches(batches, lambda batch: None, device, n_warmup, n_steps)
 
 
 def device_batches(args, tile, device):

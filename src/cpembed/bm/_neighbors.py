@@ -100,8 +100,10 @@ class NeighborsResult:
 
 
 def _smooth_knn_distances(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel widths ``sigma`` and offsets ``rho`` of UMAP's ``smooth_knn_dist`` (local connectivity 1), vectorised."""
-    distances = distances.astype(np.float32).astype(np.float64)
+    """Kernel widths ``sigma`` and offsets ``rho`` of UMAP's ``smooth_knn_dist`` (local connectivity 1), vectorised.
+
+    ``distances`` are expected already rounded to float32 values (held in float64), as UMAP sees them.
+    """
     n, k = distances.shape
     target = np.log2(k)
     positive = np.where(distances > 0, distances, np.inf)
