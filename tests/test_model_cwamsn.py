@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from sklearn.decomposition import PCA
 import cpembed as cpe
 from cpembed.module import CrossWellSampler
 from cpembed.pp._aggregate import center_scale_to_controls, typical_variation_normalize
+from cpembed.tl._handcrafted import feature_names, field_features
 
 REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 TINY = {
@@ -255,6 +257,24 @@ def test_handcrafted_features_match_masks(fields):
     dna = np.mean([image[0][nuclei == label].mean() for label in labels])
     assert features[0, names.index("Nuclei_AreaShape_area")] == pytest.approx(area)
     assert features[0, names.index("Nuclei_Intensity_MeanIntensity_DNA")] == pytest.approx(dna, rel=1e-5)
+
+
+def test_handcrafted_field_features_with_label_gaps_and_empty_cytoplasm():
+    image = np.random.default_rng(0).integers(0, 255, size=(2, 12, 12)).astype(np.uint8)
+    nuclei = np.zeros((12, 12), dtype=np.int32)
+    cells = np.zeros_like(nuclei)
+    cells[1:6, 1:6], nuclei[2:4, 2:4] = 2, 2  # numbers 0, 1, 3, 4 unused below 5
+    cells[7:10, 7:10] = nuclei[7:10, 7:10] = 5  # nucleus fills the cell: no cytoplasm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features = field_features(image, nuclei, cells)
+    names = feature_names(["A", "B"])
+    assert np.isfinite(features).all()
+    assert features[0] == 2
+    cytoplasm_a = image[0][(cells == 2) & (nuclei == 0)].mean()
+    assert features[names.index("Cytoplasm_Intensity_MeanIntensity_A")] == pytest.approx((cytoplasm_a + 0.0) / 2)
+    nucleus_b = (image[1][nuclei == 2].mean() + image[1][nuclei == 5].mean()) / 2
+    assert features[names.index("Nuclei_Intensity_MeanIntensity_B")] == pytest.approx(nucleus_b)
 
 
 # --------------------------------------------------------------------------- real images end to end
