@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
+from _seeds import summarise_seeds
 
 import cpembed as cpe
 
@@ -158,18 +159,6 @@ TARGETS = {
 }
 
 
-def summarise(name: str, tables: dict[int, pd.DataFrame]) -> None:
-    """Mean and standard deviation over seeds (with several), and the seeds on which each target holds."""
-    if len(tables) > 1:
-        stacked = pd.concat(tables, names=["seed", "method"])
-        summary = stacked.groupby(level="method", sort=False).agg(["mean", "std"])
-        print(f"\n({name}) mean and standard deviation over {len(tables)} seeds")
-        print(summary.round(3).to_string())
-    for target, check in TARGETS[name].items():
-        met = sum(bool(check(table)) for table in tables.values())
-        print(f"({name}) target {target}: met on {met} of {len(tables)} seeds")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one epoch per stage and fewer simulated plates")
@@ -180,10 +169,11 @@ def main() -> None:
     args = parser.parse_args()
     stages = QUICK_STAGES if args.quick else STAGES
     if args.only in (None, "bbbc021"):
-        summarise("bbbc021", {seed: bbbc021(stages, seed) for seed in args.seeds})
+        summarise_seeds({seed: bbbc021(stages, seed) for seed in args.seeds}, TARGETS["bbbc021"], "(bbbc021)")
     if args.only in (None, "simulated"):
         n_plates = 1 if args.quick else 2
-        summarise("simulated", {seed: simulated(stages, n_plates, seed) for seed in args.seeds})
+        tables = {seed: simulated(stages, n_plates, seed) for seed in args.seeds}
+        summarise_seeds(tables, TARGETS["simulated"], "(simulated)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _seeds import summarise_seeds
 
 import cpembed as cpe
 
@@ -151,14 +152,11 @@ def run_seed(args, seed):
     return table, n_fields, n_wells
 
 
-def target_counts(tables):
-    """Seeds on which each target of the issue holds."""
-    checks = {
-        "cross-well < single-well on plate F1": lambda t: t.loc[CROSS, PLATE_F1] < t.loc[SINGLE, PLATE_F1],
-        "cross-well > single-well on mAP": lambda t: t.loc[CROSS, MAP] > t.loc[SINGLE, MAP],
-        "cross-well > handcrafted on mAP": lambda t: t.loc[CROSS, MAP] > t.loc[HANDCRAFTED, MAP],
-    }
-    return {name: sum(bool(check(table)) for table in tables.values()) for name, check in checks.items()}
+TARGETS = {
+    "cross-well < single-well on plate F1": lambda t: t.loc[CROSS, PLATE_F1] < t.loc[SINGLE, PLATE_F1],
+    "cross-well > single-well on mAP": lambda t: t.loc[CROSS, MAP] > t.loc[SINGLE, MAP],
+    "cross-well > handcrafted on mAP": lambda t: t.loc[CROSS, MAP] > t.loc[HANDCRAFTED, MAP],
+}
 
 
 def main():
@@ -178,13 +176,7 @@ def main():
     for seed, table in tables.items():
         print(f"\nseed {seed}")
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    if len(tables) > 1:
-        stacked = pd.concat(tables, names=["seed", "method"]).drop(columns="seconds")
-        summary = stacked.groupby(level="method", sort=False).agg(["mean", "std"])
-        print(f"\nmean and standard deviation over {len(tables)} seeds")
-        print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
-    for name, count in target_counts(tables).items():
-        print(f"target {name}: met on {count} of {len(tables)} seeds")
+    summarise_seeds({seed: table.drop(columns="seconds") for seed, table in tables.items()}, TARGETS)
 
 
 if __name__ == "__main__":
