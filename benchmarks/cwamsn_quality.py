@@ -4,7 +4,9 @@ As the CWA-MSN paper's Table 3 (single- vs cross-well) and Table 8 (plate-predic
 embedding is averaged per well (cpembed.pp.aggregate) and scored with cpembed.bm: plate-prediction macro-F1 (linear
 and kNN, 5-fold; lower = less batch effect) on the well means z-scored over all wells, and, on wells centre-scaled
 on the DMSO wells of their plate, perturbation mAP against controls (map_control) and MoA nearest-neighbour accuracy
-among other compounds (moa_accuracy, NSC). The handcrafted baseline measures the simulator's true masks.
+among other compounds (moa_accuracy, NSC). The handcrafted baseline measures the simulator's true masks. Both
+networks standardise every view with the DMSO images of its plate (``--normalization image``: the paper's per-view
+self-standardisation).
 
 Runs on CPU in a few minutes per seed with a small ViT (sizes printed). Each seed draws its own simulated plates
 and initialises its own networks; with several seeds the script prints every seed's table, then the mean and
@@ -40,6 +42,12 @@ def parse_args():
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--n-focal", type=int, default=6)
     parser.add_argument("--pool", choices=["cls", "mean"], default="cls", help="image embedding: CLS or patch mean")
+    parser.add_argument(
+        "--normalization",
+        choices=["image", "plate_controls"],
+        default="plate_controls",
+        help="standardise views on their own pixels or on their plate's DMSO images (both networks)",
+    )
     parser.add_argument("--plate-effect", type=float, default=1.5)
     parser.add_argument("--n-moas", type=int, default=6)
     parser.add_argument("--per-moa", type=int, default=4, help="compounds per MoA")
@@ -137,7 +145,9 @@ def run_seed(args, seed):
                 OBS["perturbation"],
                 OBS["well"],
                 plate_key=OBS["plate"],
+                control_key="Metadata_is_negcon",
                 cross_well=cross_well,
+                normalization=args.normalization,
                 max_epochs=args.epochs,
                 batch_size=args.batch_size,
                 model_kwargs=model_kwargs(args, seed),
@@ -170,8 +180,9 @@ def main():
         f" batches, {args.n_moas * args.per_moa} compounds in {args.n_moas} MoAs + DMSO, plate effect"
         f" {args.plate_effect}.\nViT ({args.pool} pooling): patch {args.patch_size}, width {args.width}, depth"
         f" {args.depth}, {args.crop_size} px views + {args.n_focal} focal {args.crop_size // 2} px; {args.epochs}"
-        f" epochs x {args.steps_per_epoch} steps, batch {args.batch_size}. Plate probe on z-scored well means;"
-        " retrieval on wells centre-scaled on DMSO per plate."
+        f" epochs x {args.steps_per_epoch} steps, batch {args.batch_size}; views standardised per"
+        f" {'plate on its DMSO images' if args.normalization == 'plate_controls' else 'view'}. Plate probe on"
+        " z-scored well means; retrieval on wells centre-scaled on DMSO per plate."
     )
     for seed, table in tables.items():
         print(f"\nseed {seed}")

@@ -127,7 +127,7 @@ def run_steps(msn, optimizer, batches, views, device, autocast, n_warmup, n_step
     """Time ``n_steps`` training steps after ``n_warmup``; ``batches`` yields (anchor, target) on the device."""
 
     def train(batch):
-        anchor, target = batch
+        anchor, target = batch[:2]  # the store pipeline also yields the store rows
         cm.training_step(msn, optimizer, anchor, target, views, momentum=0.996, autocast_dtype=autocast)
 
     return time_batches(batches, train, device, n_warmup, n_steps)

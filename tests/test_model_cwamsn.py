@@ -1,3 +1,4 @@
+import shutil
 import warnings
 from pathlib import Path
 
@@ -111,6 +112,87 @@ def test_setup_errors(fields):
     del adata.uns["image_store"]
     with pytest.raises(KeyError, match="image store"):
         cpe.model.CWAMSN.setup_anndata(adata, **KEYS)
+
+
+def with_store(adata, path, transform):
+    """A copy of ``adata`` on a copy of its store at ``path`` whose images are ``transform(images, obs)``."""
+    import h5py
+
+    shutil.copy(adata.uns["image_store"]["path"], path)
+    with h5py.File(path, "r+") as file:
+        images = file["images"][...]
+        file["images"][...] = transform(images, adata.obs.set_index("image_index").sort_index())
+    out = adata.copy()
+    out.uns["image_store"] = {**adata.uns["image_store"], "path": str(path)}
+    out.uns.pop("_cwamsn_setup", None)
+    return out
+
+
+def setup_with_controls(adata):
+    cpe.model.CWAMSN.setup_anndata(adata, **KEYS, plate_key="Metadata_Plate", control_key="Metadata_is_negcon")
+    return adata
+
+
+def test_group_channel_statistics_equal_numpy_per_plate(fields):
+    from cpembed.module import StoreImages, group_channel_statistics
+
+    obs = fields.obs
+    rows, plates = obs["image_index"].to_numpy(), obs["Metadata_Plate"].astype(str).to_numpy()
+    labels, stats = group_channel_statistics(StoreImages(fields.uns["image_store"]["path"]), rows, plates, 5)
+    images = cpe.io.read_store_images(fields.uns["image_store"]["path"], rows) / 255.0
+    for label, (mean, std) in zip(labels, stats, strict=True):
+        pixels = images[plates == label].transpose(1, 0, 2, 3).reshape(images.shape[1], -1)
+        np.testing.assert_allclose(mean, pixels.mean(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(std, pixels.std(axis=1), rtol=1e-4)
+
+
+def test_plate_control_standardisation_removes_plate_gains_and_keeps_image_intensity(fields, tmp_path):
+    """Doubling a whole plate (controls included) leaves its embeddings unchanged; dimming one image does not."""
+    halved = with_store(fields, tmp_path / "halved.h5", lambda images, obs: images // 2)  # doubles stay in uint8
+    plate = (halved.obs.set_index("image_index").sort_index()["Metadata_Plate"] == "plate_1").to_numpy()
+    doubled_plate = with_store(
+        halved, tmp_path / "plate.h5", lambda images, obs: np.where(plate[:, None, None, None], 2 * images, images)
+    )
+    treated = halved.obs.index[~halved.obs["Metadata_is_negcon"].to_numpy()][0]
+    row = int(halved.obs.loc[treated, "image_index"])
+    doubled_image = with_store(halved, tmp_path / "image.h5", lambda images, obs: _double_row(images, row))
+    latents = {}
+    for normalization in ("plate_controls", "image"):
+        model = cpe.model.CWAMSN(setup_with_controls(halved.copy()), **TINY, normalization=normalization)
+        model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, progress_bar=False)
+        latents[normalization] = [
+            model.get_latent_representation(setup_with_controls(adata.copy()))
+            for adata in (halved, doubled_plate, doubled_image)
+        ]
+    base, plate_doubled, image_doubled = latents["plate_controls"]
+    np.testing.assert_allclose(plate_doubled, base, atol=1e-4)
+    position = halved.obs_names.get_loc(treated)
+    assert np.abs(image_doubled[position] - base[position]).max() > 1e-2  # the intensity phenotype is kept
+    np.testing.assert_allclose(np.delete(image_doubled, position, 0), np.delete(base, position, 0), atol=1e-5)
+    base, _, image_doubled = latents["image"]
+    np.testing.assert_allclose(image_doubled, base, atol=1e-4)  # per-view standardisation erases it
+
+
+def _double_row(images, row):
+    out = images.copy()
+    out[row] *= 2
+    return out
+
+
+def test_plate_control_standardisation_errors(fields):
+    adata = setup(fields.copy())
+    with pytest.raises(ValueError, match="control_key"):
+        cpe.model.CWAMSN(adata, **TINY, normalization="plate_controls")
+    with pytest.raises(ValueError, match="not one of"):
+        cpe.model.CWAMSN(adata, **TINY, normalization="plate")
+    adata = fields.copy()
+    adata.obs["Metadata_is_negcon"] = adata.obs["Metadata_is_negcon"] & (adata.obs["Metadata_Plate"] == "plate_0")
+    model = cpe.model.CWAMSN(setup_with_controls(adata), **TINY, normalization="plate_controls")
+    with pytest.raises(ValueError, match=r"1 plates have no negative-control images.*plate_1"):
+        model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, progress_bar=False)
+    adata.obs["Metadata_is_negcon"] = adata.obs["Metadata_is_negcon"].astype(int)
+    with pytest.raises(TypeError, match="must be boolean"):
+        setup_with_controls(adata)
 
 
 def test_tl_cwamsn_writes_obsm_and_copy_leaves_input(fields):

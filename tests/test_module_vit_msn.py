@@ -172,6 +172,21 @@ def test_random_resized_crop_standardises_each_view():
     torch.testing.assert_close(views.std(dim=(-2, -1)), torch.ones(4, 3), atol=1e-3, rtol=0)
 
 
+def test_views_standardised_with_given_statistics_of_their_image():
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (3, 2, 20, 20), dtype=torch.uint8)
+    stats = torch.stack([torch.rand(3, 2), 0.1 + torch.rand(3, 2)], dim=1)
+    unit = torch.stack([torch.zeros(3, 2), torch.full((3, 2), 1.0 - 1e-6)], dim=1)  # std + eps = 1: crops unchanged
+
+    def views(channel_stats):
+        generator = torch.Generator().manual_seed(1)
+        return random_resized_crop(images, 8, (0.3, 1.0), n_views=2, channel_stats=channel_stats, generator=generator)
+
+    per_view = stats.repeat(2, 1, 1)  # view v of image i is row v * 3 + i
+    expected = (views(unit) - per_view[:, 0, :, None, None]) / (per_view[:, 1, :, None, None] + 1e-6)
+    torch.testing.assert_close(views(stats), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_full_crop_without_flip_is_identity():
     from cpembed.module._crops import crop_and_resize
 

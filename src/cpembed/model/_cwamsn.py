@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import check_obs_complete, check_obs_keys
+from .._validation import check_groups_present, check_obs_complete, check_obs_keys, control_flags
 from ._random_state import seeded_torch_random
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 SETUP_UNS_KEY = "_cwamsn_setup"
 MODEL_FILE = "model.pt"
+NORMALIZATIONS = ("image", "plate_controls")
 
 
 def _store_path(adata: AnnData, image_store: str | Path | None) -> str:
@@ -69,6 +70,13 @@ class CWAMSN:
         True for CWA-MSN; False for the single-well ablation (plain MSN, anchor and target from one image).
     pool
         Image embedding: ``"cls"`` token (MSN) or ``"mean"`` of patch tokens.
+    normalization
+        How views are standardised per channel. ``"image"`` (the paper's, after OpenPhenom): each view on its own
+        pixels, which removes stain-intensity differences between plates and between perturbations alike.
+        ``"plate_controls"``: every image with the pixel mean and standard deviation of the negative-control images
+        of its plate, so intensity phenotypes survive while plate-wide gains and offsets are removed; needs
+        ``plate_key`` and ``control_key`` in :meth:`setup_anndata` and control images on every plate (at inference
+        too).
     seed
         Seed of the weights and of the sampling.
     """
@@ -93,6 +101,7 @@ class CWAMSN:
         patch_drop: float = 0.15,
         cross_well: bool = True,
         pool: str = "cls",
+        normalization: str = "image",
         seed: int = 0,
     ):
         self.init_params_ = {key: value for key, value in locals().items() if key not in {"self", "adata"}}
@@ -100,6 +109,16 @@ class CWAMSN:
         from ..module import MaskedSiameseNetwork, ViewConfig, VisionTransformer
 
         self.setup_args_ = self._registered_setup(adata)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}.")
+        if normalization == "plate_controls" and None in (
+            self.setup_args_.get("plate_key"),
+            self.setup_args_.get("control_key"),
+        ):
+            raise ValueError(
+                "normalization='plate_controls' standardises each plate on its negative-control images: pass "
+                "`plate_key` and `control_key` to CWAMSN.setup_anndata."
+            )
         self.adata = adata
         n_channels = _store_shape(self.setup_args_["image_store"])[1]
         with seeded_torch_random(seed):
@@ -120,6 +139,7 @@ class CWAMSN:
         well_key: str,
         plate_key: str | None = None,
         batch_key: str | None = None,
+        control_key: str | None = None,
         image_store: str | Path | None = None,
     ) -> None:
         """Register the obs columns and image store CWA-MSN samples from.
@@ -135,7 +155,10 @@ class CWAMSN:
         well_key
             Well of each image (anchor and target wells differ). Make it unique across plates.
         plate_key, batch_key
-            Recorded for evaluation; sampling ignores them (pairs may cross plates and batches, as in the paper).
+            Plate and batch of each image. Sampling ignores them (pairs may cross plates and batches, as in the
+            paper); ``normalization="plate_controls"`` standardises per plate.
+        control_key
+            Boolean obs column marking negative-control images (needed by ``normalization="plate_controls"``).
         image_store
             HDF5 image store (default: ``adata.uns["image_store"]["path"]``).
         """
@@ -145,12 +168,15 @@ class CWAMSN:
         index = adata.obs["image_index"].to_numpy()
         if index.min() < 0 or index.max() >= n_images:
             raise ValueError(f"obs['image_index'] must lie in [0, {n_images}), the rows of {path}.")
-        check_obs_complete(adata, perturbation_key, well_key)
+        check_obs_complete(adata, perturbation_key, well_key, plate_key)
+        if control_key is not None:
+            control_flags(adata, control_key)
         adata.uns[SETUP_UNS_KEY] = {
             "perturbation_key": perturbation_key,
             "well_key": well_key,
             "plate_key": plate_key,
             "batch_key": batch_key,
+            "control_key": control_key,
             "image_store": path,
         }
 
@@ -170,6 +196,33 @@ class CWAMSN:
             obs["image_index"].to_numpy(),
             cross_well=self.init_params_["cross_well"],
         )
+
+    def _channel_statistics(self, adata: AnnData, store: str):
+        """Per store row, the channel statistics its images are standardised with (``None`` for per-view).
+
+        With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 tensor holding, for every
+        image of ``adata``, the pixel mean and standard deviation of its plate's negative-control images.
+        """
+        if self.init_params_["normalization"] == "image":
+            return None
+        import torch
+
+        from ..module import StoreImages, group_channel_statistics
+
+        setup = self._registered_setup(adata)
+        plates = adata.obs[setup["plate_key"]].astype(str).to_numpy()
+        is_control = control_flags(adata, setup["control_key"])
+        check_groups_present(
+            plates[is_control],
+            np.unique(plates),
+            "plates have no negative-control images to standardise them with (normalization='plate_controls')",
+        )
+        rows = adata.obs["image_index"].to_numpy()
+        images = StoreImages(store)
+        labels, stats = group_channel_statistics(images, rows[is_control], plates[is_control])
+        table = np.full((images.dataset.shape[0], *stats.shape[1:]), np.nan, dtype=np.float32)
+        table[rows] = stats[np.searchsorted(labels, plates)]
+        return torch.from_numpy(table)
 
     # ------------------------------------------------------------------ training
     def train(
@@ -253,6 +306,8 @@ class CWAMSN:
             batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
         )
         autocast = torch.bfloat16 if device.type == "cuda" else None
+        channel_stats = self._channel_statistics(self.adata, self.setup_args_["image_store"])
+        channel_stats = None if channel_stats is None else channel_stats.to(device)
         step = 0
         with seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"):  # crops, patch drops
             description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
@@ -260,7 +315,7 @@ class CWAMSN:
             for epoch in progress:
                 batches.epoch = epoch
                 losses = []
-                for anchor_images, target_images in prefetch_to_device(loader, device):
+                for anchor_images, target_images, anchor_rows, target_rows in prefetch_to_device(loader, device):
                     apply_schedule(optimizer, schedule, step)
                     loss = training_step(
                         self.module,
@@ -271,6 +326,8 @@ class CWAMSN:
                         momentum=schedule.momentum_at(step),
                         clip_grad=clip_grad,
                         autocast_dtype=autocast,
+                        anchor_stats=None if channel_stats is None else channel_stats[anchor_rows],
+                        target_stats=None if channel_stats is None else channel_stats[target_rows],
                     )
                     losses.append(loss)
                     step += 1
@@ -287,7 +344,8 @@ class CWAMSN:
         ----------
         adata
             AnnData set up like the training one (default: the training AnnData); its images are read from the
-            store registered for it.
+            store registered for it and, with ``normalization="plate_controls"``, standardised on the controls of
+            its own plates.
         batch_size
             Images per forward pass.
 
@@ -304,12 +362,15 @@ class CWAMSN:
         images = StoreImages(store)
         device = next(self.module.parameters()).device
         rows = adata.obs["image_index"].to_numpy()
+        channel_stats = self._channel_statistics(adata, store)
         self.module.eval()
         out = []
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
-                batch = torch.from_numpy(images.read(rows[start : start + batch_size])).to(device)
-                views = resize_for_inference(batch, self.views.image_size)
+                batch_rows = rows[start : start + batch_size]
+                batch = torch.from_numpy(images.read(batch_rows)).to(device)
+                stats = None if channel_stats is None else channel_stats[batch_rows].to(device)
+                views = resize_for_inference(batch, self.views.image_size, stats)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     out.append(self.module.embed(views).float().cpu())
         return torch.cat(out).numpy()

@@ -1,7 +1,8 @@
 """PyTorch building blocks of the models. Importable with torch alone (no anndata, no scvi-tools)."""
 
 from ._cellpaintr import CellPainTRBlock, CellPainTRModule
-from ._crops import random_resized_crop, resize_for_inference, to_standardized_float
+from ._channel_statistics import group_channel_statistics
+from ._crops import random_resized_crop, resize_for_inference, standardize, to_standardized_float
 from ._embeddings import FeatureTokenEmbedding
 from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft_size
 from ._image_batches import CrossWellSampler, PairBatches, StoreImages, prefetch_to_device
@@ -30,6 +31,7 @@ __all__ = [
     "ema_update",
     "embed_patches",
     "fast_fft_size",
+    "group_channel_statistics",
     "keep_random_patches",
     "make_views",
     "masked_feature_loss",
@@ -41,6 +43,7 @@ __all__ = [
     "sample_feature_mask",
     "sharpen",
     "sinkhorn",
+    "standardize",
     "supervised_contrastive_loss",
     "to_standardized_float",
     "training_step",

@@ -1,8 +1,13 @@
-"""Batched random crops, flips and per-image standardisation done on the device (GPU-side augmentation).
+"""Batched random crops, flips and standardisation done on the device (GPU-side augmentation).
 
 Crops follow torchvision's ``RandomResizedCrop`` definition (area share ``scale``, aspect ratio ``ratio``,
 bilinear resampling) but run on a whole batch at once with :func:`torch.nn.functional.grid_sample`, so the data
 pipeline only moves uint8 images. MSN (Assran et al. 2022) uses only crops and flips on microscopy as well.
+
+Views are standardised per channel either on their own pixels (OpenPhenom's self-standardisation) or with given
+per-image channel statistics, such as those of the negative-control images of the image's plate. Bilinear resampling
+commutes with a per-channel affine map, so standardising a crop with its image's statistics equals cropping the
+standardised image.
 """
 
 from __future__ import annotations
@@ -23,6 +28,27 @@ def to_standardized_float(images: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
     scale = 1.0 / (std + eps)
     return torch.addcmul(-mean * scale, x, scale)  # (x - mean) / (std + eps) in one pass over the pixels
+
+
+def standardize(x: torch.Tensor, channel_stats: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Standardise float images ``(batch, channels, h, w)`` per channel.
+
+    Parameters
+    ----------
+    x
+        Images scaled to [0, 1] (or uint8, scaled here).
+    channel_stats
+        ``None``: each image on its own pixels (:func:`to_standardized_float`). Otherwise ``(batch, 2, channels)``
+        float tensor, the mean (row 0) and standard deviation (row 1) per channel to standardise each image with.
+    eps
+        Added to the standard deviation.
+    """
+    if channel_stats is None:
+        return to_standardized_float(x, eps)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean, std = channel_stats.float().unbind(dim=1)
+    scale = 1.0 / (std + eps)
+    return torch.addcmul((-mean * scale)[..., None, None], x, scale[..., None, None])
 
 
 def random_crop_boxes(
@@ -81,9 +107,10 @@ def random_resized_crop(
     scale: tuple[float, float],
     *,
     n_views: int = 1,
+    channel_stats: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Take ``n_views`` random resized, randomly flipped crops of each image, standardised per image and channel.
+    """Take ``n_views`` random resized, randomly flipped crops of each image, standardised per channel.
 
     Parameters
     ----------
@@ -95,6 +122,9 @@ def random_resized_crop(
         Range of the crop's area share (MSN: (0.3, 1.0) random/target views, (0.05, 0.3) focal views).
     n_views
         Views per image, returned view-major: rows ``v * batch + i`` are view ``v`` of image ``i``.
+    channel_stats
+        ``None`` standardises every view on its own pixels; a ``(batch, 2, channels)`` tensor standardises the views
+        of image ``i`` with its mean and standard deviation ``channel_stats[i]`` (see :func:`standardize`).
     generator
         Optional torch generator (on the images' device) for reproducible crops.
 
@@ -107,12 +137,12 @@ def random_resized_crop(
     flip = torch.rand(batch * n_views, device=images.device, generator=generator) < 0.5
     source = images.float() / 255.0 if images.dtype == torch.uint8 else images
     crops = crop_and_resize(source, boxes.reshape(batch, n_views, 4), size, flip.reshape(batch, n_views))
-    return to_standardized_float(crops)
+    return standardize(crops, None if channel_stats is None else channel_stats.repeat(n_views, 1, 1))
 
 
-def resize_for_inference(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_for_inference(images: torch.Tensor, size: int, channel_stats: torch.Tensor | None = None) -> torch.Tensor:
     """Resize whole images to ``size x size`` (bilinear, no crop) and standardise them as the training views."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    return to_standardized_float(x)
+    return standardize(x, channel_stats)

@@ -93,10 +93,12 @@ class StoreImages:
 
 
 class PairBatches(torch.utils.data.Dataset):
-    """Epoch of ``n_batches`` batches of (anchor, target) uint8 image tensors drawn by a :class:`CrossWellSampler`.
+    """Epoch of ``n_batches`` batches of anchor and target images drawn by a :class:`CrossWellSampler`.
 
-    Batch ``i`` of epoch ``epoch`` is drawn from ``numpy.random.default_rng((seed, epoch, i))``, so results do not
-    depend on the number of data-loader workers. Use with ``DataLoader(..., batch_size=None)``.
+    A batch is ``(anchor_images, target_images, anchor_rows, target_rows)``: uint8 image tensors and the int64 store
+    rows they were read from (to look up per-image statistics). Batch ``i`` of epoch ``epoch`` is drawn from
+    ``numpy.random.default_rng((seed, epoch, i))``, so results do not depend on the number of data-loader workers.
+    Use with ``DataLoader(..., batch_size=None)``.
     """
 
     def __init__(self, images: StoreImages, sampler: CrossWellSampler, batch_size: int, n_batches: int, seed: int):
@@ -107,11 +109,12 @@ class PairBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n_batches
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         anchors, targets = self.sampler.sample(self.batch_size, rng)
-        images = self.images.read(np.concatenate([anchors, targets]))
-        return torch.from_numpy(images[: self.batch_size]), torch.from_numpy(images[self.batch_size :])
+        images = torch.from_numpy(self.images.read(np.concatenate([anchors, targets])))
+        n = self.batch_size
+        return images[:n], images[n:], torch.from_numpy(anchors), torch.from_numpy(targets)
 
 
 def prefetch_to_device(

@@ -27,15 +27,25 @@ class ViewConfig:
     focal_scale: tuple[float, float] = (0.05, 0.3)
 
 
-def make_views(anchor_images: torch.Tensor, target_images: torch.Tensor, views: ViewConfig):
-    """Random, focal and target views of uint8 images already on the device (see :func:`random_resized_crop`)."""
-    random_views = random_resized_crop(anchor_images, views.image_size, views.random_scale)
+def make_views(
+    anchor_images: torch.Tensor,
+    target_images: torch.Tensor,
+    views: ViewConfig,
+    anchor_stats: torch.Tensor | None = None,
+    target_stats: torch.Tensor | None = None,
+):
+    """Random, focal and target views of uint8 images already on the device (see :func:`random_resized_crop`).
+
+    ``anchor_stats`` and ``target_stats`` (optional, ``(batch, 2, channels)``) standardise each image's views with
+    given channel means and standard deviations instead of the views' own.
+    """
+    random_views = random_resized_crop(anchor_images, views.image_size, views.random_scale, channel_stats=anchor_stats)
     focal_views = None
     if views.n_focal_views:
         focal_views = random_resized_crop(
-            anchor_images, views.focal_size, views.focal_scale, n_views=views.n_focal_views
+            anchor_images, views.focal_size, views.focal_scale, n_views=views.n_focal_views, channel_stats=anchor_stats
         )
-    target_views = random_resized_crop(target_images, views.image_size, views.random_scale)
+    target_views = random_resized_crop(target_images, views.image_size, views.random_scale, channel_stats=target_stats)
     return random_views, focal_views, target_views
 
 
@@ -101,12 +111,18 @@ def training_step(
     momentum: float,
     clip_grad: float = 3.0,
     autocast_dtype: torch.dtype | None = None,
+    anchor_stats: torch.Tensor | None = None,
+    target_stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop views on the device, take one optimiser step on the MSN loss, then update the EMA target.
 
-    Returns the (detached) total loss; reading it synchronises the device, so callers log it sparingly.
+    ``anchor_stats`` / ``target_stats``: optional per-image channel statistics the views are standardised with (see
+    :func:`make_views`). Returns the (detached) total loss; reading it synchronises the device, so callers log it
+    sparingly.
     """
-    random_views, focal_views, target_views = make_views(anchor_images, target_images, views)
+    random_views, focal_views, target_views = make_views(
+        anchor_images, target_images, views, anchor_stats, target_stats
+    )
     device_type = anchor_images.device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         loss = msn(random_views, focal_views, target_views)

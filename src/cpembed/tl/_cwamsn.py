@@ -16,8 +16,10 @@ def cwamsn(
     *,
     plate_key: str | None = None,
     batch_key: str | None = None,
+    control_key: str | None = None,
     image_store: str | Path | None = None,
     cross_well: bool = True,
+    normalization: str = "image",
     max_epochs: int = 100,
     batch_size: int = 64,
     model_kwargs: dict[str, Any] | None = None,
@@ -38,11 +40,18 @@ def cwamsn(
     perturbation_key, well_key
         obs columns of the treatment and of the (plate-unique) well.
     plate_key, batch_key
-        Recorded with the model.
+        Plate and batch of each image (recorded with the model; ``plate_key`` is needed by
+        ``normalization="plate_controls"``).
+    control_key
+        Boolean obs column marking negative-control images.
     image_store
         HDF5 image store (default: ``adata.uns["image_store"]["path"]``).
     cross_well
         False trains the single-well ablation (plain MSN).
+    normalization
+        ``"image"``: standardise every view per channel on its own pixels (the paper's). ``"plate_controls"``:
+        standardise every image with its plate's negative-control images, which keeps intensity phenotypes (needs
+        ``plate_key`` and ``control_key``; see :class:`~cpembed.model.CWAMSN`).
     max_epochs, batch_size
         Paper: 100 epochs, batch 64.
     model_kwargs, train_kwargs
@@ -61,9 +70,15 @@ def cwamsn(
 
     adata = adata.copy() if copy else adata
     CWAMSN.setup_anndata(
-        adata, perturbation_key, well_key, plate_key=plate_key, batch_key=batch_key, image_store=image_store
+        adata,
+        perturbation_key,
+        well_key,
+        plate_key=plate_key,
+        batch_key=batch_key,
+        control_key=control_key,
+        image_store=image_store,
     )
-    model = CWAMSN(adata, cross_well=cross_well, **(model_kwargs or {}))
+    model = CWAMSN(adata, cross_well=cross_well, normalization=normalization, **(model_kwargs or {}))
     model.train(max_epochs=max_epochs, batch_size=batch_size, **(train_kwargs or {}))
     adata.obsm[key_added] = model.get_latent_representation(adata)
     adata.uns[key_added] = {
