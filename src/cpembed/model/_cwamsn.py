@@ -200,13 +200,11 @@ class CWAMSN:
     def _channel_statistics(self, adata: AnnData, store: str):
         """Per store row, the channel statistics its images are standardised with (``None`` for per-view).
 
-        With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 tensor holding, for every
+        With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 array holding, for every
         image of ``adata``, the pixel mean and standard deviation of its plate's negative-control images.
         """
         if self.init_params_["normalization"] == "image":
             return None
-        import torch
-
         from ..module import StoreImages, group_channel_statistics
 
         setup = self._registered_setup(adata)
@@ -222,7 +220,7 @@ class CWAMSN:
         labels, stats = group_channel_statistics(images, rows[is_control], plates[is_control])
         table = np.full((images.dataset.shape[0], *stats.shape[1:]), np.nan, dtype=np.float32)
         table[rows] = stats[np.searchsorted(labels, plates)]
-        return torch.from_numpy(table)
+        return table
 
     # ------------------------------------------------------------------ training
     def train(
@@ -307,7 +305,7 @@ class CWAMSN:
         )
         autocast = torch.bfloat16 if device.type == "cuda" else None
         channel_stats = self._channel_statistics(self.adata, self.setup_args_["image_store"])
-        channel_stats = None if channel_stats is None else channel_stats.to(device)
+        channel_stats = None if channel_stats is None else torch.from_numpy(channel_stats).to(device)
         step = 0
         with seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"):  # crops, patch drops
             description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
@@ -369,7 +367,7 @@ class CWAMSN:
             for start in range(0, len(rows), batch_size):
                 batch_rows = rows[start : start + batch_size]
                 batch = torch.from_numpy(images.read(batch_rows)).to(device)
-                stats = None if channel_stats is None else channel_stats[batch_rows].to(device)
+                stats = None if channel_stats is None else torch.from_numpy(channel_stats[batch_rows]).to(device)
                 views = resize_for_inference(batch, self.views.image_size, stats)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     out.append(self.module.embed(views).float().cpu())
