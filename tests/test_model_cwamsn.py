@@ -190,6 +190,8 @@ def test_plate_control_standardisation_errors(fields):
     model = cpe.model.CWAMSN(setup_with_controls(adata), **TINY, normalization="plate_controls")
     with pytest.raises(ValueError, match=r"1 plates have no negative-control images.*plate_1"):
         model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, progress_bar=False)
+    with pytest.raises(ValueError, match="control_key"):  # data to embed must name its controls too
+        model.get_latent_representation(setup(fields.copy()))
     adata.obs["Metadata_is_negcon"] = adata.obs["Metadata_is_negcon"].astype(int)
     with pytest.raises(TypeError, match="must be boolean"):
         setup_with_controls(adata)

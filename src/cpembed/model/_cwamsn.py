@@ -46,6 +46,14 @@ def _store_shape(path: str) -> tuple[int, ...]:
         return file["images"].shape
 
 
+def _check_plate_control_keys(setup: dict[str, Any]) -> None:
+    if None in (setup.get("plate_key"), setup.get("control_key")):
+        raise ValueError(
+            "normalization='plate_controls' standardises each plate on its negative-control images: pass "
+            "`plate_key` and `control_key` to CWAMSN.setup_anndata."
+        )
+
+
 class CWAMSN:
     """Cross-Well Aligned Masked Siamese Network (CWA-MSN) on Cell Painting images.
 
@@ -111,14 +119,8 @@ class CWAMSN:
         self.setup_args_ = self._registered_setup(adata)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}.")
-        if normalization == "plate_controls" and None in (
-            self.setup_args_.get("plate_key"),
-            self.setup_args_.get("control_key"),
-        ):
-            raise ValueError(
-                "normalization='plate_controls' standardises each plate on its negative-control images: pass "
-                "`plate_key` and `control_key` to CWAMSN.setup_anndata."
-            )
+        if normalization == "plate_controls":
+            _check_plate_control_keys(self.setup_args_)
         self.adata = adata
         n_channels = _store_shape(self.setup_args_["image_store"])[1]
         with seeded_torch_random(seed):
@@ -208,6 +210,7 @@ class CWAMSN:
         from ..module import StoreImages, group_channel_statistics
 
         setup = self._registered_setup(adata)
+        _check_plate_control_keys(setup)
         plates = adata.obs[setup["plate_key"]].astype(str).to_numpy()
         is_control = control_flags(adata, setup["control_key"])
         check_groups_present(
