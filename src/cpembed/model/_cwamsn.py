@@ -19,6 +19,8 @@ from ._random_state import seeded_torch_random
 if TYPE_CHECKING:
     from anndata import AnnData
 
+    from ..module import StoreImages
+
 SETUP_UNS_KEY = "_cwamsn_setup"
 MODEL_FILE = "model.pt"
 NORMALIZATIONS = ("image", "plate_controls")
@@ -199,15 +201,15 @@ class CWAMSN:
             cross_well=self.init_params_["cross_well"],
         )
 
-    def _channel_statistics(self, adata: AnnData, store: str):
-        """Per store row, the channel statistics its images are standardised with (``None`` for per-view).
+    def _channel_statistics(self, adata: AnnData, images: StoreImages):
+        """Channel statistics to standardise each row of the store ``images`` with (``None``: per view).
 
         With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 array holding, for every
         image of ``adata``, the pixel mean and standard deviation of its plate's negative-control images.
         """
         if self.init_params_["normalization"] == "image":
             return None
-        from ..module import StoreImages, group_channel_statistics
+        from ..module import group_channel_statistics
 
         setup = self._registered_setup(adata)
         _check_plate_control_keys(setup)
@@ -219,7 +221,6 @@ class CWAMSN:
             "plates have no negative-control images to standardise them with (normalization='plate_controls')",
         )
         rows = adata.obs["image_index"].to_numpy()
-        images = StoreImages(store)
         labels, stats = group_channel_statistics(images, rows[is_control], plates[is_control])
         table = np.full((images.dataset.shape[0], *stats.shape[1:]), np.nan, dtype=np.float32)
         table[rows] = stats[np.searchsorted(labels, plates)]
@@ -307,7 +308,8 @@ class CWAMSN:
             batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
         )
         autocast = torch.bfloat16 if device.type == "cuda" else None
-        channel_stats = self._channel_statistics(self.adata, self.setup_args_["image_store"])
+        # A store handle of its own: the loader's stays closed in this process, so forked workers open their own.
+        channel_stats = self._channel_statistics(self.adata, StoreImages(self.setup_args_["image_store"]))
         channel_stats = None if channel_stats is None else torch.from_numpy(channel_stats).to(device)
         step = 0
         with seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"):  # crops, patch drops
@@ -363,7 +365,7 @@ class CWAMSN:
         images = StoreImages(store)
         device = next(self.module.parameters()).device
         rows = adata.obs["image_index"].to_numpy()
-        channel_stats = self._channel_statistics(adata, store)
+        channel_stats = self._channel_statistics(adata, images)
         self.module.eval()
         out = []
         with torch.no_grad():

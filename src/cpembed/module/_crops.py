@@ -18,16 +18,18 @@ import torch
 import torch.nn.functional as F
 
 
+def _unit_float(images: torch.Tensor) -> torch.Tensor:
+    """float32 images, uint8 ones scaled to [0, 1]."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
 def to_standardized_float(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Scale uint8 images to [0, 1], then standardise each image and channel to mean 0, std 1.
 
     Self-standardisation per image and channel follows OpenPhenom (Kraus et al. 2024). ``eps`` keeps empty
     (constant) channels finite.
     """
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
-    scale = 1.0 / (std + eps)
-    return torch.addcmul(-mean * scale, x, scale)  # (x - mean) / (std + eps) in one pass over the pixels
+    return standardize(images, None, eps)
 
 
 def standardize(x: torch.Tensor, channel_stats: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -43,12 +45,13 @@ def standardize(x: torch.Tensor, channel_stats: torch.Tensor | None = None, eps:
     eps
         Added to the standard deviation.
     """
+    x = _unit_float(x)
     if channel_stats is None:
-        return to_standardized_float(x, eps)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    mean, std = channel_stats.float().unbind(dim=1)
+        std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)
+    else:
+        mean, std = (stat[..., None, None] for stat in channel_stats.float().unbind(dim=1))
     scale = 1.0 / (std + eps)
-    return torch.addcmul((-mean * scale)[..., None, None], x, scale[..., None, None])
+    return torch.addcmul(-mean * scale, x, scale)  # (x - mean) / (std + eps) in one pass over the pixels
 
 
 def random_crop_boxes(
@@ -135,14 +138,13 @@ def random_resized_crop(
     batch = images.shape[0]
     boxes = random_crop_boxes(batch * n_views, scale, device=images.device, generator=generator)
     flip = torch.rand(batch * n_views, device=images.device, generator=generator) < 0.5
-    source = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    crops = crop_and_resize(source, boxes.reshape(batch, n_views, 4), size, flip.reshape(batch, n_views))
+    crops = crop_and_resize(_unit_float(images), boxes.reshape(batch, n_views, 4), size, flip.reshape(batch, n_views))
     return standardize(crops, None if channel_stats is None else channel_stats.repeat(n_views, 1, 1))
 
 
 def resize_for_inference(images: torch.Tensor, size: int, channel_stats: torch.Tensor | None = None) -> torch.Tensor:
     """Resize whole images to ``size x size`` (bilinear, no crop) and standardise them as the training views."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    x = _unit_float(images)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     return standardize(x, channel_stats)
