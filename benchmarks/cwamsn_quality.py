@@ -5,8 +5,8 @@ embedding is averaged per well (cpembed.pp.aggregate) and scored with cpembed.bm
 and kNN, 5-fold; lower = less batch effect) on the well means z-scored over all wells, and, on wells centre-scaled
 on the DMSO wells of their plate, perturbation mAP against controls (map_control) and MoA nearest-neighbour accuracy
 among other compounds (moa_accuracy, NSC). The handcrafted baseline measures the simulator's true masks. Both
-networks standardise every view with the DMSO images of its plate (``--normalization image``: the paper's per-view
-self-standardisation).
+networks standardise every view with the DMSO images of its plate by default; ``--normalization image`` gives the
+paper's per-view self-standardisation.
 
 Runs on CPU in a few minutes per seed with a small ViT (sizes printed). Each seed draws its own simulated plates
 and initialises its own networks; with several seeds the script prints every seed's table, then the mean and

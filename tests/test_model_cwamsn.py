@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 import cpembed as cpe
 from cpembed.module import CrossWellSampler
 from cpembed.pp._aggregate import center_scale_to_controls, typical_variation_normalize
-from cpembed.tl._handcrafted import feature_names, field_features
+from cpembed.tl._handcrafted import TEXTURE_LEVELS, feature_names, field_features
 
 REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 TINY = {
@@ -359,6 +359,77 @@ def test_handcrafted_field_features_with_label_gaps_and_empty_cytoplasm():
     assert features[names.index("Cytoplasm_Intensity_MeanIntensity_A")] == pytest.approx((cytoplasm_a + 0.0) / 2)
     nucleus_b = (image[1][nuclei == 2].mean() + image[1][nuclei == 5].mean()) / 2
     assert features[names.index("Nuclei_Intensity_MeanIntensity_B")] == pytest.approx(nucleus_b)
+
+
+def _haralick_by_pixel_pairs(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Contrast, correlation, ASM and homogeneity of the pixels in ``mask``, pairs counted one at a time.
+
+    ``grey`` holds levels ``1..TEXTURE_LEVELS``. Each direction (right, up-right, up, up-left; both orders of a pair)
+    gives one normalised co-occurrence matrix; the properties are averaged over the directions with a pair.
+    """
+    properties = []
+    for step_row, step_col in [(0, 1), (-1, 1), (-1, 0), (-1, -1)]:
+        counts = np.zeros((TEXTURE_LEVELS, TEXTURE_LEVELS))
+        for row, col in zip(*np.nonzero(mask), strict=True):
+            other_row, other_col = row + step_row, col + step_col
+            if 0 <= other_row < mask.shape[0] and 0 <= other_col < mask.shape[1] and mask[other_row, other_col]:
+                a, b = grey[row, col] - 1, grey[other_row, other_col] - 1
+                counts[a, b] += 1
+                counts[b, a] += 1
+        if counts.sum() == 0:
+            continue
+        p = counts / counts.sum()
+        i, j = np.indices(p.shape)
+        mean_i, mean_j = (i * p).sum(), (j * p).sum()
+        spread = np.sqrt(((i - mean_i) ** 2 * p).sum() * ((j - mean_j) ** 2 * p).sum())
+        correlation = ((i - mean_i) * (j - mean_j) * p).sum() / spread if spread > 0 else 1.0
+        properties.append([(p * (i - j) ** 2).sum(), correlation, (p**2).sum(), (p / (1 + (i - j) ** 2)).sum()])
+    return np.mean(properties, axis=0)
+
+
+def test_handcrafted_texture_and_correlation_match_pixel_by_pixel_computation():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(2, 14, 14)).astype(np.uint8)
+    image[1, 8:13, 2:12] = 200  # uniform in channel B over part of cell 2
+    cells = np.zeros((14, 14), dtype=np.int32)
+    cells[1:7, 1:9], cells[3:6, 9:13] = 1, 1  # an L-shaped cell ...
+    cells[7:13, 1:13] = cells[6, 9:13] = 2  # ... around part of a second one, which must not enter cell 1's counts
+    nuclei = np.zeros_like(cells)
+    nuclei[2:5, 2:6], nuclei[9:11, 4:7] = 1, 2
+    names = feature_names(["A", "B"])
+    features = field_features(image, nuclei, cells)
+    grey = 1 + image.astype(np.int64) * TEXTURE_LEVELS // 256
+    for compartment, labels in [("Nuclei", nuclei), ("Cells", cells)]:
+        for channel, name in enumerate("AB"):
+            expected = np.mean([_haralick_by_pixel_pairs(grey[channel], labels == label) for label in (1, 2)], axis=0)
+            measured = [
+                features[names.index(f"{compartment}_Texture_{prop}_{name}_1")]
+                for prop in ("Contrast", "Correlation", "AngularSecondMoment", "InverseDifferenceMoment")
+            ]
+            np.testing.assert_allclose(measured, expected, rtol=1e-10, err_msg=f"{compartment} {name}")
+    correlations = [np.corrcoef(image[0][cells == label], image[1][cells == label])[0, 1] for label in (1, 2)]
+    assert features[names.index("Cells_Correlation_Correlation_A_B")] == pytest.approx(np.mean(correlations))
+
+
+def test_handcrafted_texture_of_single_pixels_and_uniform_channels():
+    image = np.zeros((2, 8, 8), dtype=np.uint8)
+    image[0] = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # channel B stays 0
+    cells = np.zeros((8, 8), dtype=np.int32)
+    cells[4:7, 4:7] = 1
+    nuclei = np.zeros_like(cells)
+    nuclei[5, 5] = 1  # a one-pixel nucleus: no pixel pair in any direction
+    names = feature_names(["A", "B"])
+    features = dict(zip(names, field_features(image, nuclei, cells), strict=True))
+    for channel in "AB":
+        for prop in ("Contrast", "Correlation", "AngularSecondMoment", "InverseDifferenceMoment"):
+            assert features[f"Nuclei_Texture_{prop}_{channel}_1"] == 0.0
+    # A uniform channel: no contrast, one grey level (ASM and homogeneity 1, correlation 1 by scikit-image's
+    # convention), and no intensity correlation with another channel (0 by convention).
+    assert features["Cells_Texture_Contrast_B_1"] == 0.0
+    assert features["Cells_Texture_AngularSecondMoment_B_1"] == 1.0
+    assert features["Cells_Texture_InverseDifferenceMoment_B_1"] == 1.0
+    assert features["Cells_Texture_Correlation_B_1"] == 1.0
+    assert features["Cells_Correlation_Correlation_A_B"] == 0.0
 
 
 # --------------------------------------------------------------------------- real images end to end
