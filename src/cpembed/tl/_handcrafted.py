@@ -98,8 +98,8 @@ def _correlation_features(image: np.ndarray, labels: np.ndarray, index: np.ndarr
         for column, (a, b) in enumerate(pairs):
             covariance = ndimage.mean(channels[a] * channels[b], labels, index) - means[a] * means[b]
             scale = np.sqrt(variances[a] * variances[b])
-            columns[:, column] = np.where(scale > 1e-9, covariance / np.where(scale > 1e-9, scale, 1.0), 0.0)
-    return np.nan_to_num(columns)
+            columns[:, column] = covariance / np.where(scale > 1e-9, scale, np.inf)  # uniform channel: 0
+    return columns
 
 
 def field_features(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
