@@ -96,19 +96,24 @@ def score(adata: sc.AnnData, batch_key: str) -> pd.DataFrame:
     return table.rename(index=METHODS)
 
 
+def nsc_nscb(adata: sc.AnnData, matrix: np.ndarray) -> dict[str, float]:
+    """BBBC021's NSC and NSCB MoA accuracies of ``matrix`` (rows = the wells of ``adata``), batch = week."""
+    obs = adata.obs
+    result = cpe.bm.moa_accuracy(
+        matrix,
+        obs["Metadata_Compound"].to_numpy(),
+        obs["Metadata_Concentration"].to_numpy(),
+        moa=obs["Metadata_moa"].to_numpy(),
+        batch=obs["Metadata_Batch"].to_numpy(),
+        is_control=obs["Metadata_is_negcon"].to_numpy(),
+    )
+    return {"NSC": result.nsc, "NSCB": result.nscb}
+
+
 def moa_scores(adata: sc.AnnData) -> pd.DataFrame:
-    rows = {}
-    for key, name in METHODS.items():
-        matrix = np.asarray(adata.X if key == "X" else adata.obsm[key])
-        result = cpe.bm.moa_accuracy(
-            matrix,
-            adata.obs["Metadata_Compound"].to_numpy(),
-            adata.obs["Metadata_Concentration"].to_numpy(),
-            moa=adata.obs["Metadata_moa"].to_numpy(),
-            batch=adata.obs["Metadata_Batch"].to_numpy(),
-            is_control=adata.obs["Metadata_is_negcon"].to_numpy(),
-        )
-        rows[name] = {"NSC": result.nsc, "NSCB": result.nscb}
+    rows = {
+        name: nsc_nscb(adata, np.asarray(adata.X if key == "X" else adata.obsm[key])) for key, name in METHODS.items()
+    }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import scanpy as sc
 import torch
 from _seeds import summarise_seeds
-from cellpaintr_quality import preprocess
+from cellpaintr_quality import nsc_nscb, preprocess
 from torch import nn
 
 import cpembed as cpe
@@ -41,19 +41,6 @@ def encoders(n_features: int) -> dict[str, nn.Module]:
     }
 
 
-def moa_scores(adata: sc.AnnData, matrix: np.ndarray) -> dict[str, float]:
-    obs = adata.obs
-    result = cpe.bm.moa_accuracy(
-        matrix,
-        obs["Metadata_Compound"].to_numpy(),
-        obs["Metadata_Concentration"].to_numpy(),
-        moa=obs["Metadata_moa"].to_numpy(),
-        batch=obs["Metadata_Batch"].to_numpy(),
-        is_control=obs["Metadata_is_negcon"].to_numpy(),
-    )
-    return {"NSC": result.nsc, "NSCB": result.nscb}
-
-
 def train_and_score(adata: sc.AnnData, name: str, encoder: nn.Module, seed: int) -> dict[str, dict[str, float]]:
     """Train ``encoder`` with SupCon on compound labels; NSC/NSCB of its embedding after each of :data:`STEPS`."""
     x = torch.from_numpy(np.asarray(adata.X, dtype=np.float32))
@@ -69,7 +56,7 @@ def train_and_score(adata: sc.AnnData, name: str, encoder: nn.Module, seed: int)
         optimizer.step()
         if step in STEPS:
             with torch.no_grad():
-                rows[f"{name} SupCon, {step} steps"] = moa_scores(adata, encoder(x).numpy())
+                rows[f"{name} SupCon, {step} steps"] = nsc_nscb(adata, encoder(x).numpy())
     return rows
 
 
@@ -77,8 +64,8 @@ def run_seed(adata: sc.AnnData, seed: int) -> pd.DataFrame:
     torch.manual_seed(seed)
     matrix = np.asarray(adata.X, dtype=np.float32)
     rows = {
-        "features (Baseline)": moa_scores(adata, matrix),
-        f"PCA, {DIM} components": moa_scores(adata, sc.pp.pca(matrix, n_comps=DIM, random_state=seed)),
+        "features (Baseline)": nsc_nscb(adata, matrix),
+        f"PCA, {DIM} components": nsc_nscb(adata, sc.pp.pca(matrix, n_comps=DIM, random_state=seed)),
     }
     for name, encoder in encoders(adata.n_vars).items():
         rows.update(train_and_score(adata, name, encoder, seed))

@@ -115,13 +115,12 @@ def test_setup_errors(fields):
 
 
 def with_store(adata, path, transform):
-    """A copy of ``adata`` on a copy of its store at ``path`` whose images are ``transform(images, obs)``."""
+    """A copy of ``adata`` on a copy of its store at ``path`` whose images are ``transform(images)``."""
     import h5py
 
     shutil.copy(adata.uns["image_store"]["path"], path)
     with h5py.File(path, "r+") as file:
-        images = file["images"][...]
-        file["images"][...] = transform(images, adata.obs.set_index("image_index").sort_index())
+        file["images"][...] = transform(file["images"][...])
     out = adata.copy()
     out.uns["image_store"] = {**adata.uns["image_store"], "path": str(path)}
     out.uns.pop("_cwamsn_setup", None)
@@ -148,14 +147,14 @@ def test_group_channel_statistics_equal_numpy_per_plate(fields):
 
 def test_plate_control_standardisation_removes_plate_gains_and_keeps_image_intensity(fields, tmp_path):
     """Doubling a whole plate (controls included) leaves its embeddings unchanged; dimming one image does not."""
-    halved = with_store(fields, tmp_path / "halved.h5", lambda images, obs: images // 2)  # doubles stay in uint8
+    halved = with_store(fields, tmp_path / "halved.h5", lambda images: images // 2)  # doubles stay in uint8
     plate = (halved.obs.set_index("image_index").sort_index()["Metadata_Plate"] == "plate_1").to_numpy()
     doubled_plate = with_store(
-        halved, tmp_path / "plate.h5", lambda images, obs: np.where(plate[:, None, None, None], 2 * images, images)
+        halved, tmp_path / "plate.h5", lambda images: np.where(plate[:, None, None, None], 2 * images, images)
     )
     treated = halved.obs.index[~halved.obs["Metadata_is_negcon"].to_numpy()][0]
     row = int(halved.obs.loc[treated, "image_index"])
-    doubled_image = with_store(halved, tmp_path / "image.h5", lambda images, obs: _double_row(images, row))
+    doubled_image = with_store(halved, tmp_path / "image.h5", lambda images: _double_row(images, row))
     latents = {}
     for normalization in ("plate_controls", "image"):
         model = cpe.model.CWAMSN(setup_with_controls(halved.copy()), **TINY, normalization=normalization)
