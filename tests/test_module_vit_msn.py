@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -6,11 +7,15 @@ import torch
 
 from cpembed.module import (
     MaskedSiameseNetwork,
+    MSNTrainingStep,
+    ViewConfig,
     VisionTransformer,
     ema_update,
     embed_patches,
     keep_random_patches,
+    make_views,
     msn_loss,
+    parameter_groups,
     prefetch_to_device,
     random_resized_crop,
     sharpen,
@@ -138,6 +143,8 @@ def test_ema_update_formula_and_buffers():
     ema_update(target, online, momentum=0.9)
     torch.testing.assert_close(target.weight.data, torch.full((3,), 0.9 * 1.0 + 0.1 * 2.0))
     torch.testing.assert_close(target.running_mean, torch.full((3,), 5.0))
+    ema_update(target, online, momentum=torch.tensor(0.5))  # a device scalar, as a replayed CUDA graph passes it
+    torch.testing.assert_close(target.weight.data, torch.full((3,), 0.5 * 1.1 + 0.5 * 2.0))
 
 
 def test_msn_step_trains_anchor_and_not_target():
@@ -261,3 +268,87 @@ def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_onl
         assert report[key] > 0
     assert report["pipeline_alone_samples_per_s"] > 0
     assert report["profile_families_ms"]["matmul"] > 0
+
+
+def tiny_msn(device="cpu"):
+    torch.manual_seed(0)
+    return MaskedSiameseNetwork(tiny_vit(), hidden_dim=16, out_dim=8, n_prototypes=10).to(device)
+
+
+def copy_optimizer_state(source, source_params, target, target_params):
+    """Give ``target``'s parameters the AdamW moments and step count of the matching ``source`` parameters."""
+    for ours, theirs in zip(source_params, target_params, strict=True):
+        target.state[theirs] = {key: value.clone() for key, value in source.state[ours].items()}
+
+
+def reference_step(msn, optimizer, images, views, *, learning_rate, weight_decay, momentum):
+    """One MSN step with torch's AdamW applying its own weight decay per group, the textbook way."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+        group["weight_decay"] = weight_decay if group["apply_weight_decay"] else 0.0
+    loss = msn(*make_views(images, images, views))
+    optimizer.zero_grad()
+    loss.total.backward()
+    torch.nn.utils.clip_grad_norm_(msn.parameters(), 3.0)
+    optimizer.step()
+    msn.update_target(momentum)
+    return loss.total.detach()
+
+
+# Each step below starts both sides from the same state. Over several steps they would drift apart: biases in front
+# of a normalisation (the head's BatchNorm, the keys' softmax) get rounding noise for a gradient, and Adam turns any
+# noise into a full-size step of either sign.
+
+
+def test_training_step_equals_adamw_with_per_group_weight_decay():
+    """Device-tensor hyper-parameters and the separate decoupled decay give exactly torch's AdamW step."""
+    views = ViewConfig(image_size=32, focal_size=16, n_focal_views=2)
+    msn = tiny_msn()
+    step = MSNTrainingStep(msn, views)
+    generator = torch.Generator().manual_seed(1)
+    for i, (learning_rate, weight_decay, momentum) in enumerate([(1e-3, 0.04, 0.996), (5e-4, 0.3, 0.999)] * 2):
+        reference = copy.deepcopy(msn)
+        optimizer = torch.optim.AdamW(parameter_groups(reference))
+        reference_params = [p for group in optimizer.param_groups for p in group["params"]]
+        copy_optimizer_state(step.optimizer, step.trained, optimizer, reference_params)
+        images = torch.randint(0, 256, (4, 5, 40, 40), dtype=torch.uint8, generator=generator)
+        settings = {"learning_rate": learning_rate, "weight_decay": weight_decay, "momentum": momentum}
+        torch.manual_seed(100 + i)  # the same crops, flips and dropped patches for both
+        loss = step(images, images, **settings)
+        torch.manual_seed(100 + i)
+        torch.testing.assert_close(loss, reference_step(reference, optimizer, images, views, **settings))
+        for (name, ours), theirs in zip(msn.state_dict().items(), reference.state_dict().values(), strict=True):
+            torch.testing.assert_close(ours, theirs, msg=name)
+    assert int(step.optimizer.state[msn.prototypes]["step"]) == 4
+    assert not torch.equal(msn.encoder.patch_embed.weight, tiny_msn().encoder.patch_embed.weight)
+
+
+def test_cuda_graph_needs_a_cuda_device():
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        MSNTrainingStep(tiny_msn(), ViewConfig(32, 16, 2), cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replays_equal_eager_steps():
+    """Captured once and replayed with new batches and hyper-parameters, the step computes what an eager step does."""
+    views = ViewConfig(image_size=32, focal_size=16, n_focal_views=2)
+    graphed_msn = tiny_msn("cuda")
+    eager_msn = copy.deepcopy(graphed_msn)
+    graphed = MSNTrainingStep(graphed_msn, views, warmup_steps=1)
+    eager = MSNTrainingStep(eager_msn, views, cuda_graph=False)
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    for i in range(5):
+        eager_msn.load_state_dict(graphed_msn.state_dict())
+        copy_optimizer_state(graphed.optimizer, graphed.trained, eager.optimizer, eager.trained)
+        images = torch.randint(0, 256, (4, 5, 40, 40), dtype=torch.uint8, device="cuda", generator=generator)
+        stats = torch.rand(4, 2, 5, device="cuda", generator=generator) + 0.5
+        settings = {"learning_rate": 1e-3 / (i + 1), "weight_decay": 0.04 * (i + 1), "momentum": 0.99 + 0.002 * i}
+        torch.manual_seed(100 + i)
+        loss = graphed(images, images, anchor_stats=stats, target_stats=stats, **settings)
+        torch.manual_seed(100 + i)
+        expected = eager(images, images, anchor_stats=stats, target_stats=stats, **settings)
+        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+        for (name, ours), theirs in zip(graphed_msn.state_dict().items(), eager_msn.state_dict().values(), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5, msg=f"step {i}: {name}")
+    assert graphed._graph is not None  # steps 2-5 were replays

@@ -242,6 +242,7 @@ class CWAMSN:
         clip_grad: float = 3.0,
         accelerator: str = "auto",
         num_workers: int = 0,
+        cuda_graph: bool = True,
         progress_bar: bool = True,
     ) -> None:
         """Train with AdamW and MSN's per-iteration schedules.
@@ -263,21 +264,16 @@ class CWAMSN:
             ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the step runs under bf16 autocast.
         num_workers
             Data-loader processes reading the store.
+        cuda_graph
+            On CUDA, record the training step once as a CUDA graph and replay it (see
+            :class:`cpembed.module.MSNTrainingStep`): the same computation with far less host work per step.
         progress_bar
             Show a tqdm bar over epochs.
         """
         import torch
         from tqdm.auto import trange
 
-        from ..module import (
-            PairBatches,
-            Schedule,
-            StoreImages,
-            apply_schedule,
-            parameter_groups,
-            prefetch_to_device,
-            training_step,
-        )
+        from ..module import MSNTrainingStep, PairBatches, Schedule, StoreImages, prefetch_to_device
 
         if accelerator == "auto":
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"
@@ -296,7 +292,14 @@ class CWAMSN:
             ema_momentum[1],
         )
         self.module.to(device).train()
-        optimizer = torch.optim.AdamW(parameter_groups(self.module), fused=device.type == "cuda")
+        autocast = torch.bfloat16 if device.type == "cuda" else None
+        training_step = MSNTrainingStep(
+            self.module,
+            self.views,
+            clip_grad=clip_grad,
+            autocast_dtype=autocast,
+            cuda_graph=cuda_graph and device.type == "cuda",
+        )
         batches = PairBatches(
             StoreImages(self.setup_args_["image_store"]),
             self._sampler(self.adata),
@@ -307,7 +310,6 @@ class CWAMSN:
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
         )
-        autocast = torch.bfloat16 if device.type == "cuda" else None
         # A store handle of its own: the loader's stays closed in this process, so forked workers open their own.
         channel_stats = self._channel_statistics(self.adata, StoreImages(self.setup_args_["image_store"]))
         channel_stats = None if channel_stats is None else torch.from_numpy(channel_stats).to(device)
@@ -319,16 +321,12 @@ class CWAMSN:
                 batches.epoch = epoch
                 losses = []
                 for anchor_images, target_images, anchor_rows, target_rows in prefetch_to_device(loader, device):
-                    apply_schedule(optimizer, schedule, step)
                     loss = training_step(
-                        self.module,
-                        optimizer,
                         anchor_images,
                         target_images,
-                        self.views,
+                        learning_rate=schedule.learning_rate(step),
+                        weight_decay=schedule.weight_decay_at(step),
                         momentum=schedule.momentum_at(step),
-                        clip_grad=clip_grad,
-                        autocast_dtype=autocast,
                         anchor_stats=None if channel_stats is None else channel_stats[anchor_rows],
                         target_stats=None if channel_stats is None else channel_stats[target_rows],
                     )

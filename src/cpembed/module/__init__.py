@@ -8,7 +8,7 @@ from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft
 from ._image_batches import CrossWellSampler, PairBatches, StoreImages, prefetch_to_device
 from ._losses import masked_feature_loss, sample_feature_mask, supervised_contrastive_loss
 from ._msn import MaskedSiameseNetwork, MSNLoss, ProjectionHead, ema_update, msn_loss, sharpen, sinkhorn
-from ._msn_training import Schedule, ViewConfig, apply_schedule, make_views, parameter_groups, training_step
+from ._msn_training import MSNTrainingStep, Schedule, ViewConfig, make_views, parameter_groups
 from ._vit import VisionTransformer, embed_patches, keep_random_patches
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "HyenaFilter",
     "HyenaOperator",
     "MSNLoss",
+    "MSNTrainingStep",
     "MaskedSiameseNetwork",
     "PairBatches",
     "ProjectionHead",
@@ -26,7 +27,6 @@ __all__ = [
     "StoreImages",
     "ViewConfig",
     "VisionTransformer",
-    "apply_schedule",
     "bidirectional_fft_conv",
     "ema_update",
     "embed_patches",
@@ -46,5 +46,4 @@ __all__ = [
     "standardize",
     "supervised_contrastive_loss",
     "to_standardized_float",
-    "training_step",
 ]

@@ -123,11 +123,18 @@ def msn_loss(
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target <- momentum * target + (1 - momentum) * online`` for every parameter (buffers are copied)."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float | torch.Tensor) -> None:
+    """``target <- momentum * target + (1 - momentum) * online`` for every parameter (buffers are copied).
+
+    ``momentum`` may be a 0-d tensor on the parameters' device: then it is never read on the host, so the update can
+    be recorded in a CUDA graph and replayed with a new momentum.
+    """
     target_params = [p for p in target.parameters()]
     online_params = [p.detach() for p in online.parameters()]
-    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+    weight = 1.0 - momentum
+    torch._foreach_lerp_(
+        target_params, online_params, [weight] * len(target_params) if torch.is_tensor(weight) else weight
+    )
     for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
         target_buffer.copy_(online_buffer)
 
@@ -200,7 +207,7 @@ class MaskedSiameseNetwork(nn.Module):
             targets = self.target_head(self.target_encoder(target_views))
         return msn_loss(self.head(torch.cat(anchors)), targets, self.prototypes, **self.loss_kwargs)
 
-    def update_target(self, momentum: float) -> None:
+    def update_target(self, momentum: float | torch.Tensor) -> None:
         """EMA update of the target encoder and head from the anchor ones."""
         ema_update(self.target_encoder, self.encoder, momentum)
         ema_update(self.target_head, self.head, momentum)

@@ -93,43 +93,126 @@ class Schedule:
         return self.momentum + (self.final_momentum - self.momentum) * self._progress(step)
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, step: int) -> None:
-    """Set the learning rate and weight decay of every parameter group for iteration ``step``."""
-    lr, weight_decay = schedule.learning_rate(step), schedule.weight_decay_at(step)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        group["weight_decay"] = weight_decay if group["apply_weight_decay"] else 0.0
+class MSNTrainingStep:
+    """MSN optimisation steps: crop views on the device, AdamW on the MSN loss, EMA update of the target.
 
+    On CUDA the step is recorded once as a CUDA graph and replayed: a step of the ViT-S/16 configuration launches
+    over a thousand kernels, and launching them one by one from Python takes about as long as running them, so the
+    GPU waits on the host (and on whatever else the host is doing, such as a data loader). A replay launches the
+    whole step at once. The first ``warmup_steps`` steps run eagerly (they compile, autotune and create the
+    optimiser state); the next is captured and then replayed with every new batch copied into its input buffers.
+    Elsewhere, or with ``cuda_graph=False``, every step runs eagerly; both run the same operations.
 
-def training_step(
-    msn: MaskedSiameseNetwork,
-    optimizer: torch.optim.Optimizer,
-    anchor_images: torch.Tensor,
-    target_images: torch.Tensor,
-    views: ViewConfig,
-    *,
-    momentum: float,
-    clip_grad: float = 3.0,
-    autocast_dtype: torch.dtype | None = None,
-    anchor_stats: torch.Tensor | None = None,
-    target_stats: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Crop views on the device, take one optimiser step on the MSN loss, then update the EMA target.
+    Learning rate, weight decay and EMA momentum change every step, so they live in device tensors that each call
+    overwrites (a graph would otherwise replay the values it was recorded with). AdamW therefore runs without its
+    own weight decay; the decoupled decay ``p <- p * (1 - lr * weight_decay)`` is applied to the weight matrices just
+    before it, which is what AdamW does.
 
-    ``anchor_stats`` / ``target_stats``: optional per-image channel statistics the views are standardised with (see
-    :func:`make_views`). Returns the (detached) total loss; reading it synchronises the device, so callers log it
-    sparingly.
+    Parameters
+    ----------
+    msn
+        The network, already on its device.
+    views
+        Multi-crop settings.
+    clip_grad
+        Gradient norm clipping (MSN: 3.0; 0 disables).
+    autocast_dtype
+        Mixed-precision dtype (bf16 on CUDA), ``None`` for float32.
+    cuda_graph
+        Record and replay the step as a CUDA graph; default: on CUDA devices.
+    warmup_steps
+        Eager steps before the capture.
     """
-    random_views, focal_views, target_views = make_views(
-        anchor_images, target_images, views, anchor_stats, target_stats
-    )
-    device_type = anchor_images.device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        loss = msn(random_views, focal_views, target_views)
-    optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(msn.parameters(), clip_grad)
-    optimizer.step()
-    msn.update_target(momentum)
-    return loss.total.detach()
+
+    def __init__(
+        self,
+        msn: MaskedSiameseNetwork,
+        views: ViewConfig,
+        *,
+        clip_grad: float = 3.0,
+        autocast_dtype: torch.dtype | None = None,
+        cuda_graph: bool | None = None,
+        warmup_steps: int = 3,
+    ):
+        device = msn.prototypes.device
+        self.msn, self.views, self.clip_grad, self.autocast_dtype = msn, views, clip_grad, autocast_dtype
+        self.device_type = device.type
+        self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the network is on {device}.")
+        self.warmup_steps = warmup_steps
+        self.learning_rate = torch.zeros((), device=device)
+        self.decay_factor = torch.ones((), device=device)
+        self.ema_momentum = torch.ones((), device=device)
+        groups = parameter_groups(msn)
+        self.decayed = [p for group in groups if group["apply_weight_decay"] for p in group["params"]]
+        self.trained = [p for group in groups for p in group["params"]]
+        on_cuda = {"fused": True, "capturable": True} if device.type == "cuda" else {"foreach": False}
+        self.optimizer = torch.optim.AdamW(self.trained, lr=self.learning_rate, weight_decay=0.0, **on_cuda)
+        self.n_steps = 0
+        self._graph = None
+        self._graph_inputs: tuple = ()
+        self._graph_loss = None
+
+    def __call__(
+        self,
+        anchor_images: torch.Tensor,
+        target_images: torch.Tensor,
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        momentum: float,
+        anchor_stats: torch.Tensor | None = None,
+        target_stats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Take one step on a batch of uint8 images already on the device; return the loss (a device scalar).
+
+        ``anchor_stats`` / ``target_stats``: optional per-image channel statistics the views are standardised with
+        (see :func:`make_views`); give them on every step or on none. Reading the loss synchronises the device, so
+        callers log it sparingly.
+        """
+        self.learning_rate.fill_(learning_rate)
+        self.decay_factor.fill_(1.0 - learning_rate * weight_decay)
+        self.ema_momentum.fill_(momentum)
+        inputs = (anchor_images, target_images, anchor_stats, target_stats)
+        self.n_steps += 1
+        if not self.cuda_graph or self.n_steps <= self.warmup_steps:
+            return self._step(*inputs)
+        if self._graph is None:
+            self._capture(inputs)
+        for buffer, tensor in zip(self._graph_inputs, inputs, strict=True):
+            if (buffer is None) != (tensor is None) or (buffer is not None and buffer.shape != tensor.shape):
+                raise ValueError("A replayed step needs inputs of the shapes (and statistics) it was captured with.")
+            if buffer is not None:
+                buffer.copy_(tensor)
+        self._graph.replay()
+        return self._graph_loss.clone()  # the graph overwrites its loss at the next replay
+
+    def _capture(self, inputs: tuple) -> None:
+        self._graph_inputs = tuple(None if tensor is None else tensor.clone() for tensor in inputs)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+            self._graph_loss = self._step(*self._graph_inputs)
+
+    def _step(self, anchor_images, target_images, anchor_stats, target_stats) -> torch.Tensor:
+        """The step itself, free of host synchronisation so that it can be captured."""
+        random_views, focal_views, target_views = make_views(
+            anchor_images, target_images, self.views, anchor_stats, target_stats
+        )
+        autocast = torch.autocast(
+            self.device_type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+            cache_enabled=False,  # a cast cached across steps would go stale inside a replayed graph
+        )
+        with autocast:
+            loss = self.msn(random_views, focal_views, target_views)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if self.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.trained, self.clip_grad)
+        with torch.no_grad():
+            torch._foreach_mul_(self.decayed, self.decay_factor)
+        self.optimizer.step()
+        self.msn.update_target(self.ema_momentum)
+        return loss.total.detach()
