@@ -343,7 +343,7 @@ def run_config(config: dict, args: argparse.Namespace, network) -> dict:
                 gradient_checkpointing=config["checkpointing"],
             )
             if config["compiled"]:
-                model.compile_blocks(dynamic=False)
+                model.compile_blocks(activation_memory_budget=config["memory_budget"], dynamic=False)
             loss_fn = make_cpembed_loss(network)
         profiled = config["implementation"] == "cpembed"
         row = measure(model, loss_fn, embed, config["batch_size"], config["precision"], args, profiled)
@@ -366,16 +366,19 @@ def plan_configs(args: argparse.Namespace) -> list[dict]:
             "precision": args.baseline_precision,
             "batch_size": args.baseline_batch_size,
             "compiled": False,
+            "memory_budget": None,
             "checkpointing": False,
         }
     ]
     modes = {"off": [False], "on": [True], "both": [False, True]}
     for precision in args.precisions:
         for compiled in modes[args.compile]:
-            for checkpointing in modes[args.checkpointing]:
-                for batch_size in args.batch_sizes:
-                    config = {"precision": precision, "batch_size": batch_size, "compiled": compiled}
-                    configs.append({"implementation": "cpembed"} | config | {"checkpointing": checkpointing})
+            for budget in args.memory_budgets if compiled else [None]:
+                for checkpointing in modes[args.checkpointing]:
+                    for batch_size in args.batch_sizes:
+                        config = {"precision": precision, "batch_size": batch_size, "compiled": compiled}
+                        config |= {"memory_budget": budget, "checkpointing": checkpointing}
+                        configs.append({"implementation": "cpembed"} | config)
     return configs
 
 
@@ -401,6 +404,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpointing", choices=["off", "on", "both"], default="off", help="gradient checkpointing of the blocks"
     )
+    parser.add_argument(
+        "--memory-budgets",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.7],
+        help="activation memory budgets of the compiled blocks (CellPainTRModule.compile_blocks); 1 keeps all",
+    )
     parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     parser.add_argument("--baseline-batch-size", type=int, default=16)
     parser.add_argument("--baseline-precision", choices=["bf16", "fp32"], default="fp32")
@@ -411,10 +421,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (
-        f"{'implementation':<15}{'precision':<10}{'batch':>6}{'compiled':>9}{'ckpt':>6}{'train samples/s':>17}"
-        f"{'infer samples/s':>17}{'train GiB':>11}{'infer GiB':>11}{'train x':>9}{'infer x':>9}  status"
-    )
+    columns = [("implementation", "<15"), ("precision", "<10"), ("batch", ">6"), ("compiled", ">9")]
+    columns += [("budget", ">7"), ("ckpt", ">6"), ("train samples/s", ">17"), ("infer samples/s", ">17")]
+    columns += [("train GiB", ">11"), ("infer GiB", ">11"), ("train x", ">9"), ("infer x", ">9")]
+    header = "".join(format(name, spec) for name, spec in columns) + "  status"
     lines = [header, "-" * len(header)]
 
     def number(row, key, fmt):
@@ -423,7 +433,7 @@ def format_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(
             f"{row['implementation']:<15}{row['precision']:<10}{row['batch_size']:>6}{row['compiled']!s:>9}"
-            f"{row['checkpointing']!s:>6}"
+            f"{number(row, 'memory_budget', '.2f'):>7}{row['checkpointing']!s:>6}"
             f"{number(row, 'train_samples_per_s', ',.0f'):>17}{number(row, 'inference_samples_per_s', ',.0f'):>17}"
             f"{number(row, 'train_peak_gib', '.1f'):>11}{number(row, 'inference_peak_gib', '.1f'):>11}"
             f"{number(row, 'train_ratio', '.2f'):>9}{number(row, 'inference_ratio', '.2f'):>9}  {row['status']}"
@@ -472,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows), flush=True)
     for row in rows:
         if "profile_families_ms" in row:
-            title = f"cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}, training step"
+            title = f"cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}"
+            title += f" memory budget {row['memory_budget']}, training step"
             print(format_profile(row, title), flush=True)
     print(f"ratios: samples/s over the reference row; total {time.perf_counter() - started:.0f} s", flush=True)
 

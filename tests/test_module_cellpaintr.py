@@ -428,6 +428,25 @@ def test_network_files_import_only_torch_numpy_and_stdlib():
             assert roots <= allowed, f"{name} imports {roots - allowed}"
 
 
+def test_activation_memory_budget_applies_to_the_compiled_blocks_only():
+    """The budget is in force while the blocks run (where they compile), and torch's setting is left as it was."""
+    from torch._functorch import config as functorch_config
+
+    torch.manual_seed(0)
+    module = tiny_module()
+    x, source = torch.randn(3, 12), torch.tensor([0, 1, 2])
+    expected = module(x, source)["embedding"]
+    seen = []
+    module.blocks[0].register_forward_pre_hook(lambda *_: seen.append(functorch_config.activation_memory_budget))
+    before = functorch_config.activation_memory_budget
+    module.activation_memory_budget = 0.6  # what compile_blocks(activation_memory_budget=0.6) records
+    torch.testing.assert_close(module(x, source)["embedding"], expected)
+    assert seen == [0.6]
+    assert functorch_config.activation_memory_budget == before
+    with pytest.raises(ValueError, match="activation_memory_budget"):
+        module.compile_blocks(activation_memory_budget=1.5)
+
+
 def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_only):
     """The benchmark must run where only torch and numpy are installed (cpembed's heavy dependencies blocked)."""
     out = tmp_path / "speed.json"

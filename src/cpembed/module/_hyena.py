@@ -141,8 +141,8 @@ class _BidirectionalFFTConv(torch.autograd.Function):
         grad_spectrum = torch.fft.rfft(_padded_channels_first(grad_y, fft_size), dim=-1)
         grad_u = grad_taps = None
         if ctx.needs_input_grad[1]:
-            spectrum = torch.fft.rfft(_padded_channels_first(u, fft_size), dim=-1)
-            cross = spectrum.conj_physical_().mul_(grad_spectrum).sum(dim=0)
+            cross = torch.fft.rfft(_padded_channels_first(u, fft_size), dim=-1).conj_physical_()
+            cross = cross.mul_(grad_spectrum).sum(dim=0)  # the batch-sized spectrum is freed before grad_u's pass
             grad_taps = _taps_from_circular(torch.fft.irfft(cross, n=fft_size, dim=-1), length).to(ctx.taps_dtype)
         if ctx.needs_input_grad[0]:
             grad_spectrum.mul_(filter_spectrum.conj())
