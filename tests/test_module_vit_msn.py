@@ -323,9 +323,11 @@ def test_training_step_equals_adamw_with_per_group_weight_decay():
     assert not torch.equal(msn.encoder.patch_embed.weight, tiny_msn().encoder.patch_embed.weight)
 
 
-def test_cuda_graph_needs_a_cuda_device():
+def test_cuda_graph_needs_a_cuda_device_and_an_eager_warm_up():
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         MSNTrainingStep(tiny_msn(), ViewConfig(32, 16, 2), cuda_graph=True)
+    with pytest.raises(ValueError, match="at least one eager warm-up step"):
+        MSNTrainingStep(tiny_msn(), ViewConfig(32, 16, 2), cuda_graph=True, warmup_steps=0)
 
 
 @pytest.mark.gpu

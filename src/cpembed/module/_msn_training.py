@@ -121,7 +121,7 @@ class MSNTrainingStep:
     cuda_graph
         Record and replay the step as a CUDA graph; default: on CUDA devices.
     warmup_steps
-        Eager steps before the capture.
+        Eager steps before the capture (at least 1).
     """
 
     def __init__(
@@ -138,6 +138,8 @@ class MSNTrainingStep:
         self.msn, self.views, self.clip_grad, self.autocast_dtype = msn, views, clip_grad, autocast_dtype
         self.device_type = device.type
         self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and warmup_steps < 1:
+            raise ValueError("A CUDA-graph step needs at least one eager warm-up step (compilation, optimiser state).")
         if self.cuda_graph and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the network is on {device}.")
         self.warmup_steps = warmup_steps
