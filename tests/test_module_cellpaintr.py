@@ -415,7 +415,17 @@ def test_filter_parameters_are_listed():
 
 
 def test_network_files_import_only_torch_numpy_and_stdlib():
-    allowed = {"torch", "numpy", "math", "collections", "typing", "__future__", "dataclasses", "functools"}
+    allowed = {
+        "torch",
+        "numpy",
+        "math",
+        "collections",
+        "contextlib",
+        "typing",
+        "__future__",
+        "dataclasses",
+        "functools",
+    }
     for name in CELLPAINTR_FILES:
         tree = ast.parse((REPO / "src" / "cpembed" / "module" / name).read_text())
         for node in ast.walk(tree):
