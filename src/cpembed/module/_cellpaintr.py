@@ -244,7 +244,7 @@ class CellPainTRModule(nn.Module):
             recomputes the cheapest of the others in the backward pass (torch's ``activation_memory_budget``,
             applied to these blocks only). ``None`` keeps torch's setting (1.0 unless changed: keep whatever is
             cheapest in time). At the JUMP shape (3,255 features, d_model 256, bf16, batch 256) on an H100, 0.7
-            trains in 36.3 GiB instead of 44.8 GiB at 2% fewer samples per second.
+            trains in 36.3 GiB instead of 44.8 GiB at 3% fewer samples per second (1,087 instead of 1,121).
         **compile_kwargs
             Passed to :func:`torch.compile`.
         """

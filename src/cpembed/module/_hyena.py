@@ -118,7 +118,7 @@ class _BidirectionalFFTConv(torch.autograd.Function):
     ``grad_u = irfft(rfft(g) * conj(rfft(k)))[:L]`` (a correlation with the filter) and
     ``grad_k = irfft(sum_b rfft(g_b) * conj(rfft(u_b)))`` (a correlation of gradient and input).
     The inverse transform's ``1 / fft_size`` is folded into the small filter spectrum (``norm="forward"``), which
-    spares a scaling pass over every batch-sized spectrum.
+    spares a scaling pass over every batch-sized output.
     """
 
     @staticmethod
