@@ -4,7 +4,9 @@ Layout of a store file:
 
 - ``images``: uint8 ``(n_images, n_channels, height, width)``, one HDF5 chunk per image, so reading an image
   touches one chunk and training never loads the whole store;
-- ``masks/nuclei`` and ``masks/cells`` (optional): int32 label images ``(n_images, height, width)``, 0 = background;
+- ``masks/nuclei`` and ``masks/cells`` (optional): int32 label images ``(n_images, height, width)``, 0 = background,
+  cell ``i`` holding nucleus ``i``; other groups of the same two datasets may hold other segmentations (see
+  :func:`cpembed.tl.segment_cells`);
 - attributes ``channels`` (channel names, in order) and ``clip_percentile``.
 
 Row ``i`` of the store belongs to the AnnData row whose ``obs["image_index"]`` is ``i``; the AnnData records the
@@ -82,12 +84,7 @@ class ImageStoreWriter:
         self.images = self.file.create_dataset(
             "images", shape=(n_images, n_channels, *shape), dtype="uint8", chunks=(1, n_channels, *shape)
         )
-        self.masks = {}
-        if with_masks:
-            for name in MASK_NAMES:
-                self.masks[name] = self.file.create_dataset(
-                    f"masks/{name}", shape=(n_images, *shape), dtype="int32", chunks=(1, *shape), compression="gzip"
-                )
+        self.masks = create_mask_datasets(self.file, "masks", n_images, shape) if with_masks else {}
         self.file.attrs["channels"] = [str(channel) for channel in channels]
         self.file.attrs["clip_percentile"] = clip_percentile
 
@@ -108,6 +105,16 @@ class ImageStoreWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def create_mask_datasets(file, group: str, n_images: int, shape: tuple[int, int]) -> dict:
+    """Create ``group/nuclei`` and ``group/cells`` (int32 label images, one compressed chunk per image) in ``file``."""
+    return {
+        name: file.create_dataset(
+            f"{group}/{name}", shape=(n_images, *shape), dtype="int32", chunks=(1, *shape), compression="gzip"
+        )
+        for name in MASK_NAMES
+    }
 
 
 def store_info(path: str | Path, channels: Sequence[str]) -> dict:

@@ -5,6 +5,7 @@ from ._combat import combat
 from ._cwamsn import cwamsn
 from ._handcrafted import handcrafted_features
 from ._harmony import harmony
+from ._segmentation import segment_cells
 from ._sphering import sphering
 
-__all__ = ["cellpaintr", "combat", "cwamsn", "handcrafted_features", "harmony", "sphering"]
+__all__ = ["cellpaintr", "combat", "cwamsn", "handcrafted_features", "harmony", "segment_cells", "sphering"]

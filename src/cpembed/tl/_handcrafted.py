@@ -155,6 +155,7 @@ def handcrafted_features(
     adata: AnnData,
     *,
     image_store: str | Path | None = None,
+    masks: str = "masks",
     key_added: str = "X_handcrafted",
     copy: bool = False,
 ) -> AnnData | None:
@@ -165,7 +166,10 @@ def handcrafted_features(
     adata
         Image AnnData with ``obs["image_index"]`` and ``uns["image_store"]``.
     image_store
-        Store with ``images`` and ``masks/nuclei``, ``masks/cells`` (default: ``adata.uns["image_store"]``).
+        Store with ``images`` and the mask group (default: ``adata.uns["image_store"]``).
+    masks
+        HDF5 group of the store holding the ``nuclei`` and ``cells`` label images: ``"masks"`` (a simulated store's
+        true masks, or where :func:`cpembed.tl.segment_cells` writes by default) or another segmentation's group.
     key_added
         obsm key; feature names go to ``uns[key_added]["feature_names"]``.
     copy
@@ -188,18 +192,24 @@ def handcrafted_features(
     import h5py
 
     with h5py.File(image_store, "r") as file:
-        if "masks/nuclei" not in file or "masks/cells" not in file:
-            raise KeyError(f"{image_store} has no masks/nuclei and masks/cells; handcrafted features need masks.")
+        if f"{masks}/nuclei" not in file or f"{masks}/cells" not in file:
+            raise KeyError(
+                f"{image_store} has no {masks}/nuclei and {masks}/cells; handcrafted features need masks "
+                "(segment the images with cpembed.tl.segment_cells)."
+            )
         channels = [str(c) for c in file.attrs["channels"]]
     rows = adata.obs["image_index"].to_numpy()
     features = []
     for start in tqdm(range(0, len(rows), 64), desc="measuring"):
         chunk = rows[start : start + 64]
         images = read_store_images(image_store, chunk)
-        nuclei = read_store_images(image_store, chunk, "masks/nuclei")
-        cells = read_store_images(image_store, chunk, "masks/cells")
+        nuclei = read_store_images(image_store, chunk, f"{masks}/nuclei")
+        cells = read_store_images(image_store, chunk, f"{masks}/cells")
         features += [field_features(i, n, c) for i, n, c in zip(images, nuclei, cells, strict=True)]
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = np.asarray(features, dtype=np.float32)
-    adata.uns[key_added] = {"feature_names": feature_names(channels), "params": {"image_store": str(image_store)}}
+    adata.uns[key_added] = {
+        "feature_names": feature_names(channels),
+        "params": {"image_store": str(image_store), "masks": masks},
+    }
     return adata if copy else None
