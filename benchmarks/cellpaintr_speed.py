@@ -420,24 +420,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _number(key: str, fmt: str):
+    """Cell of a numeric column: the formatted value, or "-" where the row has none."""
+    return lambda row: format(row[key], fmt) if row.get(key) is not None else "-"
+
+
+#: Table columns: header, alignment and width, and the cell of a row.
+COLUMNS = [
+    ("implementation", "<15", lambda row: row["implementation"]),
+    ("precision", "<10", lambda row: row["precision"]),
+    ("batch", ">6", lambda row: str(row["batch_size"])),
+    ("compiled", ">9", lambda row: str(row["compiled"])),
+    ("budget", ">7", _number("memory_budget", ".2f")),
+    ("ckpt", ">6", lambda row: str(row["checkpointing"])),
+    ("train samples/s", ">17", _number("train_samples_per_s", ",.0f")),
+    ("infer samples/s", ">17", _number("inference_samples_per_s", ",.0f")),
+    ("train GiB", ">11", _number("train_peak_gib", ".1f")),
+    ("infer GiB", ">11", _number("inference_peak_gib", ".1f")),
+    ("train x", ">9", _number("train_ratio", ".2f")),
+    ("infer x", ">9", _number("inference_ratio", ".2f")),
+]
+
+
 def format_table(rows: list[dict]) -> str:
-    columns = [("implementation", "<15"), ("precision", "<10"), ("batch", ">6"), ("compiled", ">9")]
-    columns += [("budget", ">7"), ("ckpt", ">6"), ("train samples/s", ">17"), ("infer samples/s", ">17")]
-    columns += [("train GiB", ">11"), ("infer GiB", ">11"), ("train x", ">9"), ("infer x", ">9")]
-    header = "".join(format(name, spec) for name, spec in columns) + "  status"
+    header = "".join(format(name, spec) for name, spec, _ in COLUMNS) + "  status"
     lines = [header, "-" * len(header)]
-
-    def number(row, key, fmt):
-        return format(row[key], fmt) if row.get(key) is not None else "-"
-
     for row in rows:
-        lines.append(
-            f"{row['implementation']:<15}{row['precision']:<10}{row['batch_size']:>6}{row['compiled']!s:>9}"
-            f"{number(row, 'memory_budget', '.2f'):>7}{row['checkpointing']!s:>6}"
-            f"{number(row, 'train_samples_per_s', ',.0f'):>17}{number(row, 'inference_samples_per_s', ',.0f'):>17}"
-            f"{number(row, 'train_peak_gib', '.1f'):>11}{number(row, 'inference_peak_gib', '.1f'):>11}"
-            f"{number(row, 'train_ratio', '.2f'):>9}{number(row, 'inference_ratio', '.2f'):>9}  {row['status']}"
-        )
+        lines.append("".join(format(cell(row), spec) for _, spec, cell in COLUMNS) + f"  {row['status']}")
     return "\n".join(lines)
 
 
