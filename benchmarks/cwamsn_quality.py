@@ -50,6 +50,7 @@ def parse_args():
         help="standardise views on their own pixels or on their plate's DMSO images (both networks)",
     )
     parser.add_argument("--plate-effect", type=float, default=1.5)
+    parser.add_argument("--effect-size", type=float, default=1.0, help="scale of the perturbations' effects")
     parser.add_argument("--n-moas", type=int, default=6)
     parser.add_argument("--per-moa", type=int, default=4, help="compounds per MoA")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (data and networks)")
@@ -131,6 +132,7 @@ def run_seed(args, seed):
             n_sites=2,
             control_wells_per_plate=4,
             image_size=args.image_size,
+            effect_size=args.effect_size,
             plate_effect=args.plate_effect,
             seed=seed,
         )
@@ -188,14 +190,15 @@ def main():
     tables = {}
     for seed in args.seeds:
         tables[seed], n_fields, n_wells = run_seed(args, seed)
+    views = "plate on its DMSO images" if args.normalization == "plate_controls" else "view"
     print(
         f"\nSimulated per seed: {n_fields} fields ({args.image_size} px, 5 channels), {n_wells} wells, 4 plates in 2"
-        f" batches, {args.n_moas * args.per_moa} compounds in {args.n_moas} MoAs + DMSO, plate effect"
-        f" {args.plate_effect}.\nViT ({args.pool} pooling): patch {args.patch_size}, width {args.width}, depth"
-        f" {args.depth}, {args.crop_size} px views + {args.n_focal} focal {args.crop_size // 2} px; {args.epochs}"
-        f" epochs x {args.steps_per_epoch} steps, batch {args.batch_size}; views standardised per"
-        f" {'plate on its DMSO images' if args.normalization == 'plate_controls' else 'view'}. Plate probe on"
-        " z-scored well means; retrieval on wells centre-scaled on DMSO per plate."
+        f" batches, {args.n_moas * args.per_moa} compounds in {args.n_moas} MoAs + DMSO, effect size"
+        f" {args.effect_size}, plate effect {args.plate_effect}.\nViT ({args.pool} pooling): patch {args.patch_size},"
+        f" width {args.width}, depth {args.depth}, {args.crop_size} px views + {args.n_focal} focal"
+        f" {args.crop_size // 2} px; {args.epochs} epochs x {args.steps_per_epoch} steps, batch {args.batch_size};"
+        f" views standardised per {views}. Plate probe on z-scored well means; retrieval on wells centre-scaled on"
+        " DMSO per plate."
     )
     for seed, table in tables.items():
         print(f"\nseed {seed}")

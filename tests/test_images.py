@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 import tifffile
 
 import cpembed as cpe
-from cpembed.io._image_store import to_uint8
+from cpembed.io._image_store import IntensityHistogram, to_uint8
 
 REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 needs_real_images = pytest.mark.skipif(
@@ -61,11 +62,64 @@ def test_read_loaddata_csv_and_store_roundtrip(tmp_path):
         assert file["images"].shape == (2, 2, 40, 48)
         assert file["images"].chunks == (1, 2, 40, 48)
         stored = file["images"][1]
-    raw = np.stack([tifffile.imread(tmp_path / table.loc[1, f"FileName_Orig{c}"]) for c in ("DNA", "Mito")])
-    np.testing.assert_array_equal(stored, to_uint8(raw, 99.9))
+        assert file.attrs["intensity_scale"] == "plate"
+    raw = [
+        np.stack([tifffile.imread(tmp_path / table.loc[row, f"FileName_Orig{c}"]) for c in ("DNA", "Mito")])
+        for row in (0, 1)
+    ]
+    # Both fields lie on plate P1, so both are scaled with the limits of all their pixels.
+    pixels = np.concatenate([field.reshape(2, -1) for field in raw], axis=1)
+    limits = pixels.min(axis=1), np.percentile(pixels, 99.9, axis=1, method="inverted_cdf")
+    np.testing.assert_array_equal(stored, to_uint8(raw[1], limits=limits))
     np.testing.assert_array_equal(cpe.io.read_store_images(tmp_path / "store.h5", [1, 0])[0], stored)
     with pytest.raises(FileExistsError):
         cpe.io.build_image_store(fields, tmp_path / "store.h5")
+    cpe.io.build_image_store(fields, tmp_path / "fields.h5", clip_percentile=99.9, intensity_scale="field")
+    np.testing.assert_array_equal(cpe.io.read_store_images(tmp_path / "fields.h5", [1])[0], to_uint8(raw[1], 99.9))
+
+
+def test_intensity_histogram_limits_equal_percentiles_of_all_pixels():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(200, 9000, (3, 17, 23), dtype=np.uint16) for _ in range(4)]
+    images[2][1, 0, 0] = 60000
+    histogram = IntensityHistogram()
+    for image in images:
+        histogram.add(image)
+    pixels = np.concatenate([image.reshape(3, -1) for image in images], axis=1)
+    for percentile in (50.0, 99.0, 99.997, 100.0):
+        low, high = histogram.limits(percentile)
+        np.testing.assert_array_equal(low, pixels.min(axis=1))
+        np.testing.assert_array_equal(high, np.percentile(pixels, percentile, axis=1, method="inverted_cdf"))
+    with pytest.raises(TypeError, match="uint8 or uint16"):
+        histogram.add(images[0].astype(np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        histogram.add(images[0][:2])
+    with pytest.raises(ValueError, match="No image"):
+        IntensityHistogram().limits()
+
+
+def test_plate_scale_keeps_a_dimmer_field_dimmer(tmp_path):
+    rng = np.random.default_rng(0)
+    bright = rng.integers(1000, 4000, (30, 30), dtype=np.uint16)
+    rows = []
+    for well, scale in (("A01", 1.0), ("A02", 0.5)):
+        tifffile.imwrite(tmp_path / f"{well}.tif", (bright * scale).astype(np.uint16))
+        rows.append(
+            {
+                "Metadata_Plate": "P",
+                "Metadata_Well": well,
+                "Metadata_Site": 1,
+                "FileName_OrigDNA": f"{well}.tif",
+                "PathName_OrigDNA": str(tmp_path),
+            }
+        )
+    pd.DataFrame(rows).to_csv(tmp_path / "load.csv", index=False)
+    fields = cpe.io.read_images(tmp_path / "load.csv")
+    for scale, expected_ratio in (("plate", 0.5), ("field", 1.0)):
+        cpe.io.build_image_store(fields, tmp_path / f"{scale}.h5", intensity_scale=scale, clip_percentile=100.0)
+        stored = cpe.io.read_store_images(tmp_path / f"{scale}.h5", [0, 1]).astype(float)
+        ratio = (stored[1] - stored[1].min()).mean() / (stored[0] - stored[0].min()).mean()
+        assert ratio == pytest.approx(expected_ratio, abs=0.03)
 
 
 def test_tiles_cover_the_centred_grid(tmp_path):
@@ -91,6 +145,10 @@ def test_bad_inputs_raise(tmp_path):
     fields = cpe.io.read_images(tmp_path / "load_data.csv")
     with pytest.raises(KeyError, match="Actin"):
         cpe.io.build_image_store(fields, tmp_path / "s.h5", channels=["Actin"])
+    with pytest.raises(ValueError, match="intensity_scale"):
+        cpe.io.build_image_store(fields, tmp_path / "s.h5", intensity_scale="dataset")
+    with pytest.raises(KeyError, match="Metadata_Plate"):
+        cpe.io.build_image_store(ad.AnnData(obs=fields.obs.drop(columns="Metadata_Plate")), tmp_path / "s.h5")
 
 
 def test_folder_with_custom_pattern(tmp_path):

@@ -1,5 +1,6 @@
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 import cpembed as cpe
@@ -39,7 +40,10 @@ def test_store_and_masks_agree(simulated):
         assert (c[n > 0] == n[n > 0]).all()  # every nucleus lies in its own cell
     images = read_store_images(path, rows)
     assert images.dtype == np.uint8
-    assert (images.reshape(3, 5, -1).max(axis=2) == 255).all()  # each channel stretched to full range
+    for _, plate in simulated.obs.groupby("Metadata_Plate", observed=True):
+        pixels = read_store_images(path, plate["image_index"]).transpose(1, 0, 2, 3).reshape(5, -1)
+        assert (pixels.min(axis=1) == 0).all()  # each channel scaled once per plate, over the full range
+        assert (pixels.max(axis=1) == 255).all()
 
 
 def test_seed_reproducible(tmp_path):
@@ -74,3 +78,28 @@ def test_plate_effect_changes_background_between_plates(tmp_path):
         return np.std(per_plate, axis=0).mean()
 
     assert background_spread(2.0) > 2 * background_spread(0.0)
+
+
+def dna_in_nuclei_by_compound(sim) -> pd.Series:
+    """Mean DNA-stain value inside nuclei per compound, over DMSO's on the same plate, averaged over plates (log)."""
+    path = sim.uns["image_store"]["path"]
+    obs = sim.obs.copy()
+    images = read_store_images(path, obs["image_index"])[:, 0].astype(float)
+    nuclei = read_store_images(path, obs["image_index"], "masks/nuclei") > 0
+    obs["dna"] = [image[mask].mean() for image, mask in zip(images, nuclei, strict=True)]
+    means = obs.groupby(["Metadata_Plate", "Metadata_Perturbation"], observed=True)["dna"].mean().unstack()
+    return np.log(means.div(means["DMSO"], axis=0)).mean().drop("DMSO")
+
+
+def test_plate_scale_keeps_intensity_phenotypes_that_field_scale_erases(tmp_path):
+    kwargs = {"n_plates": 2, "n_sites": 3, "image_size": 48, "plate_effect": 0.0, "seed": 4}
+    plate = cpe.datasets.simulate_images(tmp_path / "plate.h5", 4, 3, **kwargs)
+    field = cpe.datasets.simulate_images(tmp_path / "field.h5", 4, 3, intensity_scale="field", **kwargs)
+    effects = plate.uns["simulation"]["effects"].set_index("perturbation")["dna_intensity"].drop("DMSO")
+    with h5py.File(tmp_path / "plate.h5") as file:
+        assert file.attrs["intensity_scale"] == "plate"
+    measured_plate, measured_field = dna_in_nuclei_by_compound(plate), dna_in_nuclei_by_compound(field)
+    assert np.corrcoef(effects[measured_plate.index], measured_plate)[0, 1] > 0.95  # measured: 0.995
+    assert abs(np.corrcoef(effects[measured_field.index], measured_field)[0, 1]) < 0.5  # measured: 0.001
+    with pytest.raises(ValueError, match="intensity_scale"):
+        cpe.datasets.simulate_images(tmp_path / "x.h5", 1, 1, intensity_scale="dataset")

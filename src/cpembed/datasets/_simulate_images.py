@@ -7,7 +7,8 @@ cytoplasmic puncta). A perturbation scales morphological parameters (cell count,
 elongation, stain intensities, ER texture scale, nucleoli and mitochondria counts); perturbations of the same MoA
 share a direction. Technical effects come per batch and plate (channel gains, background, illumination
 vignetting, blur, noise, DNA bleed-through into RNA), so embeddings can be scored on removing them.
-Fields are converted from 16-bit to uint8 with :func:`cpembed.io._image_store.to_uint8`, as real images are.
+Fields are converted from 16-bit to uint8 with :func:`cpembed.io._image_store.to_uint8` on one scale per plate, as
+:func:`cpembed.io.build_image_store` converts real images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..io._image_store import IMAGE_INDEX_KEY, STORE_UNS_KEY, ImageStoreWriter, store_info, to_uint8
+from ..io._image_store import (
+    IMAGE_INDEX_KEY,
+    INTENSITY_SCALES,
+    STORE_UNS_KEY,
+    ImageStoreWriter,
+    IntensityHistogram,
+    store_info,
+    to_uint8,
+)
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 CONTROL = "DMSO"
@@ -210,6 +219,7 @@ def simulate_images(
     cells_per_field: float = 10.0,
     effect_size: float = 1.0,
     plate_effect: float = 1.0,
+    intensity_scale: str = "plate",
     seed: int = 0,
     overwrite: bool = False,
 ):
@@ -231,6 +241,10 @@ def simulate_images(
         Mean cell count of a control field.
     effect_size, plate_effect
         Scale of the perturbation effects and of the batch/plate technical effects (0 switches them off).
+    intensity_scale
+        How the 16-bit fields become 8-bit, as in :func:`cpembed.io.build_image_store`: ``"plate"`` (default) with
+        one per-channel scale per plate, so intensity phenotypes and plate gains reach the store; ``"field"``
+        stretches every field on its own, erasing both.
     seed
         Seed of every random draw.
     overwrite
@@ -252,17 +266,35 @@ def simulate_images(
     batches = {batch: _draw_batch(rng, plate_effect) for batch in obs["Metadata_Batch"].unique()}
     plates = obs.drop_duplicates("Metadata_Plate").set_index("Metadata_Plate")["Metadata_Batch"]
     technical = {plate: _draw_technical(rng, batches[batch], plate_effect) for plate, batch in plates.items()}
+    if intensity_scale not in INTENSITY_SCALES:
+        raise ValueError(f"intensity_scale={intensity_scale!r} is not one of {INTENSITY_SCALES}.")
     n_cells = np.zeros(len(obs), dtype=np.int64)
+    progress = tqdm(total=len(obs), desc="simulating fields")
     with ImageStoreWriter(
-        path, len(obs), CHANNELS, (image_size, image_size), with_masks=True, overwrite=overwrite
+        path,
+        len(obs),
+        CHANNELS,
+        (image_size, image_size),
+        with_masks=True,
+        intensity_scale=intensity_scale,
+        overwrite=overwrite,
     ) as writer:
-        for index, row in enumerate(tqdm(obs.itertuples(), total=len(obs), desc="simulating fields")):
-            effect = perturbations.loc[row.Metadata_Perturbation, list(PARAMETERS)].to_dict()
-            nuclei, cells, distance = _draw_cells(rng, image_size, effect, cells_per_field)
-            stains = _paint(rng, nuclei, cells, distance, effect, image_size)
-            image = _image_conditions(stains, technical[row.Metadata_Plate], rng)
-            writer.write(index, to_uint8(image), {"nuclei": nuclei, "cells": cells})
-            n_cells[index] = int(nuclei.max())
+        # One plate at a time (the layout lists fields plate by plate), so its 16-bit fields share their 8-bit scale.
+        for plate, plate_obs in obs.groupby("Metadata_Plate", sort=False):
+            fields, histogram = [], IntensityHistogram()
+            for index, row in zip(plate_obs.index, plate_obs.itertuples(), strict=True):
+                effect = perturbations.loc[row.Metadata_Perturbation, list(PARAMETERS)].to_dict()
+                nuclei, cells, distance = _draw_cells(rng, image_size, effect, cells_per_field)
+                stains = _paint(rng, nuclei, cells, distance, effect, image_size)
+                image = _image_conditions(stains, technical[plate], rng)
+                histogram.add(image)
+                fields.append((index, image, {"nuclei": nuclei, "cells": cells}))
+                n_cells[index] = int(nuclei.max())
+            limits = histogram.limits() if intensity_scale == "plate" else None
+            for index, image, masks in fields:
+                writer.write(index, to_uint8(image, limits=limits), masks)
+                progress.update()
+    progress.close()
     obs["Metadata_n_cells"] = n_cells
     obs[IMAGE_INDEX_KEY] = np.arange(len(obs))
     for column in ("Metadata_Batch", "Metadata_Plate", "Metadata_Well", "Metadata_Perturbation", "Metadata_moa"):

@@ -7,7 +7,9 @@ Layout of a store file:
 - ``masks/nuclei`` and ``masks/cells`` (optional): int32 label images ``(n_images, height, width)``, 0 = background,
   cell ``i`` holding nucleus ``i``; other groups of the same two datasets may hold other segmentations (see
   :func:`cpembed.tl.segment_cells`);
-- attributes ``channels`` (channel names, in order) and ``clip_percentile``.
+- attributes ``channels`` (channel names, in order), ``clip_percentile`` and ``intensity_scale`` (``"plate"``: every
+  plate's images were scaled to 8 bits with the same per-channel limits, so brightness compares within a plate;
+  ``"field"``: each field was stretched on its own).
 
 Row ``i`` of the store belongs to the AnnData row whose ``obs["image_index"]`` is ``i``; the AnnData records the
 store in ``uns["image_store"]`` (``path`` and ``channels``).
@@ -27,18 +29,65 @@ MASK_NAMES = ("nuclei", "cells")
 DEFAULT_CLIP_PERCENTILE = 99.997
 
 
-def to_uint8(image: np.ndarray, clip_percentile: float = DEFAULT_CLIP_PERCENTILE) -> np.ndarray:
-    """Convert a ``(channels, height, width)`` image to uint8, clipping each channel at a high percentile.
+INTENSITY_SCALES = ("plate", "field")
 
-    Each channel is clipped at its ``clip_percentile`` percentile, then scaled linearly from its minimum to that
-    value onto 0-255 (constant channels become 0).
+
+class IntensityHistogram:
+    """Per-channel histogram of unsigned-integer pixel values, accumulated over many images.
+
+    Gives the low (minimum) and high (``clip_percentile`` percentile) intensity of every channel over all the images
+    added, exactly and in memory independent of their number: what :func:`to_uint8` scales a whole plate with.
+    """
+
+    def __init__(self):
+        self.counts: np.ndarray | None = None
+
+    def add(self, image: np.ndarray) -> None:
+        """Count the pixels of one ``(channels, height, width)`` uint8 or uint16 image."""
+        if image.dtype.kind != "u" or image.dtype.itemsize > 2:
+            raise TypeError(
+                f"Plate-wide intensity scaling needs uint8 or uint16 images, got {image.dtype}; "
+                "scale each field on its own (intensity_scale='field') instead."
+            )
+        counts = np.stack([np.bincount(channel.ravel(), minlength=2**16) for channel in image])
+        if self.counts is None:
+            self.counts = counts
+        elif counts.shape[0] != self.counts.shape[0]:
+            raise ValueError(f"Images differ in channels: {counts.shape[0]} and {self.counts.shape[0]}.")
+        else:
+            self.counts += counts
+
+    def limits(self, clip_percentile: float = DEFAULT_CLIP_PERCENTILE) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel minimum and ``clip_percentile`` percentile (the smallest value reaching that share of pixels)."""
+        if self.counts is None:
+            raise ValueError("No image was added.")
+        cumulative = np.cumsum(self.counts, axis=1)
+        total = cumulative[:, -1:]
+        low = np.argmax(cumulative > 0, axis=1)
+        high = np.argmax(cumulative >= total * clip_percentile / 100.0, axis=1)
+        return low.astype(np.float32), high.astype(np.float32)
+
+
+def to_uint8(
+    image: np.ndarray,
+    clip_percentile: float = DEFAULT_CLIP_PERCENTILE,
+    limits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Convert a ``(channels, height, width)`` image to uint8, clipping each channel at a high intensity.
+
+    Each channel is scaled linearly from its low to its high intensity onto 0-255, values above the high one
+    clipped (constant channels become 0). ``limits``: per-channel ``(low, high)`` shared by many images, e.g. a
+    plate's from :class:`IntensityHistogram`, so brightness stays comparable between them; None takes this image's
+    own minimum and ``clip_percentile`` percentile, which stretches every image to the full range.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise ValueError(f"Expected a (channels, height, width) image, got shape {image.shape}.")
-    flat = image.reshape(image.shape[0], -1)
-    low = flat.min(axis=1)
-    high = np.percentile(flat, clip_percentile, axis=1)
+    if limits is None:
+        flat = image.reshape(image.shape[0], -1)
+        low, high = flat.min(axis=1), np.percentile(flat, clip_percentile, axis=1)
+    else:
+        low, high = (np.asarray(limit, dtype=np.float32) for limit in limits)
     span = np.where(high > low, high - low, 1.0)
     scaled = (np.minimum(image, high[:, None, None]) - low[:, None, None]) / span[:, None, None]
     return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -55,8 +104,8 @@ class ImageStoreWriter:
         Number of images, channel names and ``(height, width)`` of every image.
     with_masks
         Also create ``masks/nuclei`` and ``masks/cells``.
-    clip_percentile
-        Recorded in the file's attributes.
+    clip_percentile, intensity_scale
+        How the 16-bit images were converted (see :func:`to_uint8`), recorded in the file's attributes.
     overwrite
         Replace an existing file instead of raising.
     """
@@ -68,6 +117,7 @@ class ImageStoreWriter:
         channels: Sequence[str],
         shape: tuple[int, int],
         *,
+        intensity_scale: str,
         with_masks: bool = False,
         clip_percentile: float = DEFAULT_CLIP_PERCENTILE,
         overwrite: bool = False,
@@ -87,6 +137,7 @@ class ImageStoreWriter:
         self.masks = create_mask_datasets(self.file, "masks", n_images, shape) if with_masks else {}
         self.file.attrs["channels"] = [str(channel) for channel in channels]
         self.file.attrs["clip_percentile"] = clip_percentile
+        self.file.attrs["intensity_scale"] = intensity_scale
 
     def write(self, index: int, image: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> None:
         """Store uint8 ``image`` (and ``masks``, a dict with the names in ``MASK_NAMES``) at row ``index``."""

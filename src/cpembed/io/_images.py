@@ -12,8 +12,10 @@ import pandas as pd
 from ._image_store import (
     DEFAULT_CLIP_PERCENTILE,
     IMAGE_INDEX_KEY,
+    INTENSITY_SCALES,
     STORE_UNS_KEY,
     ImageStoreWriter,
+    IntensityHistogram,
     store_info,
     to_uint8,
 )
@@ -174,6 +176,18 @@ def _read_field(row: pd.Series, channels: Sequence[str]) -> np.ndarray:
     return np.stack(planes)
 
 
+def _plate_limits(obs: pd.DataFrame, channels: Sequence[str], clip_percentile: float) -> dict:
+    """Per plate of ``obs``: the per-channel (minimum, ``clip_percentile`` percentile) over all its fields' pixels."""
+    from tqdm.auto import tqdm
+
+    if "Metadata_Plate" not in obs:
+        raise KeyError("intensity_scale='plate' needs obs['Metadata_Plate'] (or pass intensity_scale='field').")
+    histograms: dict = {}
+    for _, row in tqdm(obs.iterrows(), total=len(obs), desc="measuring plate intensities"):
+        histograms.setdefault(row["Metadata_Plate"], IntensityHistogram()).add(_read_field(row, channels))
+    return {plate: histogram.limits(clip_percentile) for plate, histogram in histograms.items()}
+
+
 def tile_grid(height: int, width: int, tile_size: int) -> list[tuple[int, int]]:
     """Top-left corners of the non-overlapping ``tile_size`` tiles of a field, the grid centred in the field."""
     n_rows, n_cols = height // tile_size, width // tile_size
@@ -190,13 +204,17 @@ def build_image_store(
     channels: Sequence[str] | None = None,
     tile_size: int | None = None,
     clip_percentile: float = DEFAULT_CLIP_PERCENTILE,
+    intensity_scale: str = "plate",
     overwrite: bool = False,
 ):
     """Convert the fields listed by :func:`read_images` into an HDF5 image store of uint8 fields or tiles.
 
-    Each field's channels are clipped at their ``clip_percentile`` percentile (default 99.997, i.e. the brightest
-    0.003% of pixels as in CellCLIP/CLOOME) and scaled to 0-255, then optionally cut into non-overlapping tiles.
-    The store keeps one HDF5 chunk per image, so training reads only the images it samples.
+    Every channel is clipped at its ``clip_percentile`` percentile (default 99.997, i.e. the brightest 0.003% of
+    pixels as in CellCLIP/CLOOME) and scaled from its minimum onto 0-255, then fields are optionally cut into
+    non-overlapping tiles. By default the minimum and percentile are those of all the pixels of the field's plate,
+    so a compound that dims a stain still looks dimmer than the controls beside it; plate-wide differences of gain
+    remain for per-plate normalisation (e.g. CWA-MSN's ``normalization="plate_controls"``) to remove. The store
+    keeps one HDF5 chunk per image, so training reads only the images it samples.
 
     Parameters
     ----------
@@ -210,6 +228,10 @@ def build_image_store(
         Side of square tiles (e.g. 224); None stores whole fields (all fields must then share a shape).
     clip_percentile
         Per-channel upper clipping percentile.
+    intensity_scale
+        ``"plate"`` (default): the clipping limits of each channel come from all the fields of the plate
+        (``obs["Metadata_Plate"]``, read twice: once to measure, once to store; needs uint8 or uint16 images).
+        ``"field"``: each field is stretched on its own, which erases intensity phenotypes.
     overwrite
         Replace an existing file.
 
@@ -227,17 +249,28 @@ def build_image_store(
     unknown = [c for c in channels if f"FileName_Orig{c}" not in adata.obs]
     if unknown:
         raise KeyError(f"Channels {unknown} not in adata.obs (available: {image_channels(adata.obs)}).")
+    if intensity_scale not in INTENSITY_SCALES:
+        raise ValueError(f"intensity_scale={intensity_scale!r} is not one of {INTENSITY_SCALES}.")
+    plate_limits = _plate_limits(adata.obs, channels, clip_percentile) if intensity_scale == "plate" else {}
     first = _read_field(adata.obs.iloc[0], channels)
     height, width = first.shape[-2:]
     corners = tile_grid(height, width, tile_size) if tile_size else [(0, 0)]
     shape = (tile_size, tile_size) if tile_size else (height, width)
     rows = []
-    with ImageStoreWriter(path, adata.n_obs * len(corners), channels, shape, overwrite=overwrite) as writer:
+    with ImageStoreWriter(
+        path,
+        adata.n_obs * len(corners),
+        channels,
+        shape,
+        clip_percentile=clip_percentile,
+        intensity_scale=intensity_scale,
+        overwrite=overwrite,
+    ) as writer:
         for field_number, (name, row) in enumerate(tqdm(adata.obs.iterrows(), total=adata.n_obs, desc="storing")):
             field = first if field_number == 0 else _read_field(row, channels)
             if field.shape[-2:] != (height, width):
                 raise ValueError(f"Field {name!r} is {field.shape[-2:]}, the first field {(height, width)}.")
-            field = to_uint8(field, clip_percentile)
+            field = to_uint8(field, clip_percentile, plate_limits.get(row.get("Metadata_Plate")))
             for tile_number, (top, left) in enumerate(corners):
                 image = field[:, top : top + shape[0], left : left + shape[1]]
                 writer.write(len(rows), np.ascontiguousarray(image))
