@@ -9,6 +9,9 @@ masks (an upper bound no lab has) and on masks segmented from the images (cpembe
 CellProfiler pipeline would give). Both networks standardise every view with the DMSO images of its plate by
 default; ``--normalization image`` gives the paper's per-view self-standardisation.
 
+The simulated effects are half the simulator's default size: at full size every method retrieves nearly every
+compound (mAP 0.96-0.99), and the mAP comparisons are decided by noise.
+
 Runs on CPU in a few minutes per seed with a small ViT (sizes printed). Each seed draws its own simulated plates
 and initialises its own networks; with several seeds the script prints every seed's table, then the mean and
 standard deviation over seeds and how many seeds meet each target (single simulations of 112 wells vary a lot).
@@ -50,7 +53,12 @@ def parse_args():
         help="standardise views on their own pixels or on their plate's DMSO images (both networks)",
     )
     parser.add_argument("--plate-effect", type=float, default=1.5)
-    parser.add_argument("--effect-size", type=float, default=1.0, help="scale of the perturbations' effects")
+    parser.add_argument(
+        "--effect-size",
+        type=float,
+        default=0.5,
+        help="scale of the perturbations' effects (at 1.0 every method's mAP is 0.96-0.99, at its ceiling)",
+    )
     parser.add_argument("--n-moas", type=int, default=6)
     parser.add_argument("--per-moa", type=int, default=4, help="compounds per MoA")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (data and networks)")
