@@ -22,10 +22,10 @@ from scipy import ndimage
 
 from ..io._image_store import (
     IMAGE_INDEX_KEY,
-    INTENSITY_SCALES,
     STORE_UNS_KEY,
     ImageStoreWriter,
     IntensityHistogram,
+    check_intensity_scale,
     store_info,
     to_uint8,
 )
@@ -266,8 +266,7 @@ def simulate_images(
     batches = {batch: _draw_batch(rng, plate_effect) for batch in obs["Metadata_Batch"].unique()}
     plates = obs.drop_duplicates("Metadata_Plate").set_index("Metadata_Plate")["Metadata_Batch"]
     technical = {plate: _draw_technical(rng, batches[batch], plate_effect) for plate, batch in plates.items()}
-    if intensity_scale not in INTENSITY_SCALES:
-        raise ValueError(f"intensity_scale={intensity_scale!r} is not one of {INTENSITY_SCALES}.")
+    check_intensity_scale(intensity_scale)
     n_cells = np.zeros(len(obs), dtype=np.int64)
     progress = tqdm(total=len(obs), desc="simulating fields")
     with ImageStoreWriter(
@@ -281,16 +280,18 @@ def simulate_images(
     ) as writer:
         # One plate at a time (the layout lists fields plate by plate), so its 16-bit fields share their 8-bit scale.
         for plate, plate_obs in obs.groupby("Metadata_Plate", sort=False):
-            fields, histogram = [], IntensityHistogram()
+            fields = []
+            histogram = IntensityHistogram() if intensity_scale == "plate" else None
             for index, row in zip(plate_obs.index, plate_obs.itertuples(), strict=True):
                 effect = perturbations.loc[row.Metadata_Perturbation, list(PARAMETERS)].to_dict()
                 nuclei, cells, distance = _draw_cells(rng, image_size, effect, cells_per_field)
                 stains = _paint(rng, nuclei, cells, distance, effect, image_size)
                 image = _image_conditions(stains, technical[plate], rng)
-                histogram.add(image)
+                if histogram is not None:
+                    histogram.add(image)
                 fields.append((index, image, {"nuclei": nuclei, "cells": cells}))
                 n_cells[index] = int(nuclei.max())
-            limits = histogram.limits() if intensity_scale == "plate" else None
+            limits = None if histogram is None else histogram.limits()
             for index, image, masks in fields:
                 writer.write(index, to_uint8(image, limits=limits), masks)
                 progress.update()

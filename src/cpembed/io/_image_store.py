@@ -32,6 +32,12 @@ DEFAULT_CLIP_PERCENTILE = 99.997
 INTENSITY_SCALES = ("plate", "field")
 
 
+def check_intensity_scale(intensity_scale: str) -> None:
+    """Raise a ValueError naming the choices when ``intensity_scale`` is not one of :data:`INTENSITY_SCALES`."""
+    if intensity_scale not in INTENSITY_SCALES:
+        raise ValueError(f"intensity_scale={intensity_scale!r} is not one of {INTENSITY_SCALES}.")
+
+
 class IntensityHistogram:
     """Per-channel histogram of unsigned-integer pixel values, accumulated over many images.
 
@@ -166,6 +172,15 @@ def create_mask_datasets(file, group: str, n_images: int, shape: tuple[int, int]
         )
         for name in MASK_NAMES
     }
+
+
+def store_path(adata, image_store: str | Path | None) -> str | Path:
+    """``image_store`` when given, else the store recorded in ``adata.uns["image_store"]`` (a KeyError without one)."""
+    if image_store is not None:
+        return image_store
+    if STORE_UNS_KEY not in adata.uns:
+        raise KeyError("No image store: pass `image_store=` or set adata.uns['image_store'].")
+    return adata.uns[STORE_UNS_KEY]["path"]
 
 
 def store_info(path: str | Path, channels: Sequence[str]) -> dict:

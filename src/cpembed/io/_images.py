@@ -12,10 +12,10 @@ import pandas as pd
 from ._image_store import (
     DEFAULT_CLIP_PERCENTILE,
     IMAGE_INDEX_KEY,
-    INTENSITY_SCALES,
     STORE_UNS_KEY,
     ImageStoreWriter,
     IntensityHistogram,
+    check_intensity_scale,
     store_info,
     to_uint8,
 )
@@ -249,8 +249,7 @@ def build_image_store(
     unknown = [c for c in channels if f"FileName_Orig{c}" not in adata.obs]
     if unknown:
         raise KeyError(f"Channels {unknown} not in adata.obs (available: {image_channels(adata.obs)}).")
-    if intensity_scale not in INTENSITY_SCALES:
-        raise ValueError(f"intensity_scale={intensity_scale!r} is not one of {INTENSITY_SCALES}.")
+    check_intensity_scale(intensity_scale)
     plate_limits = _plate_limits(adata.obs, channels, clip_percentile) if intensity_scale == "plate" else {}
     first = _read_field(adata.obs.iloc[0], channels)
     height, width = first.shape[-2:]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..io._image_store import STORE_UNS_KEY, read_store_images
+from ..io._image_store import read_store_images, store_path
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -185,10 +185,7 @@ def handcrafted_features(
     from .._validation import check_obs_keys
 
     check_obs_keys(adata, "image_index")
-    if image_store is None:
-        if STORE_UNS_KEY not in adata.uns:
-            raise KeyError("No image store: pass `image_store=` or set adata.uns['image_store'].")
-        image_store = adata.uns[STORE_UNS_KEY]["path"]
+    image_store = store_path(adata, image_store)
     import h5py
 
     with h5py.File(image_store, "r") as file:

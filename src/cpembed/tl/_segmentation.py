@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..io._image_store import IMAGE_INDEX_KEY, MASK_NAMES, STORE_UNS_KEY, create_mask_datasets
+from ..io._image_store import IMAGE_INDEX_KEY, MASK_NAMES, create_mask_datasets, store_path
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,6 +29,11 @@ def _threshold(image: np.ndarray, method: str) -> float:
     from skimage.filters import threshold_li, threshold_otsu
 
     return float({"otsu": threshold_otsu, "li": threshold_li}[method](image))
+
+
+def _smoothing(min_diameter: float) -> float:
+    """Gaussian sigma for objects of ``min_diameter`` pixels: CellProfiler's automatic smoothing, diameter / 3.5."""
+    return min_diameter / 3.5
 
 
 def declump_nuclei(dna: np.ndarray, min_diameter: float, *, threshold: str = "otsu") -> np.ndarray:
@@ -46,7 +51,7 @@ def declump_nuclei(dna: np.ndarray, min_diameter: float, *, threshold: str = "ot
     from skimage.filters import gaussian
     from skimage.segmentation import watershed
 
-    smooth = gaussian(dna.astype(np.float64), min_diameter / 3.5, preserve_range=True)
+    smooth = gaussian(dna.astype(np.float64), _smoothing(min_diameter), preserve_range=True)
     if smooth.max() <= smooth.min():
         return np.zeros(dna.shape, dtype=np.int32)
     foreground = ndimage.binary_fill_holes(smooth > _threshold(smooth, threshold))
@@ -110,7 +115,7 @@ def segment_field(
     """
     nuclei = declump_nuclei(image[nucleus_channel], nucleus_diameter[0], threshold=threshold)
     body = image[list(cell_channels)].astype(np.float64).sum(axis=0)
-    cells = grow_cells(body, nuclei, nucleus_diameter[0] / 3.5, threshold=threshold)
+    cells = grow_cells(body, nuclei, _smoothing(nucleus_diameter[0]), threshold=threshold)
     numbers = kept_numbers(nuclei, nucleus_diameter, exclude_border)
     return numbers[nuclei], numbers[cells]
 
@@ -186,10 +191,7 @@ def segment_cells(
 
     _check_settings(nucleus_diameter, threshold)
     check_obs_keys(adata, IMAGE_INDEX_KEY)
-    if image_store is None:
-        if STORE_UNS_KEY not in adata.uns:
-            raise KeyError("No image store: pass `image_store=` or set adata.uns['image_store'].")
-        image_store = adata.uns[STORE_UNS_KEY]["path"]
+    image_store = store_path(adata, image_store)
     with h5py.File(image_store, "r") as file:
         channels = [str(c) for c in file.attrs["channels"]]
         n_images, _, height, width = file["images"].shape
