@@ -12,6 +12,7 @@ from ._moa import MoAAccuracy, moa_accuracy
 from ._neighbors import NeighborsResult, nearest_neighbors
 from ._probes import KnownRelationshipRecall, known_relationship_recall, plate_prediction_probe
 from ._silhouette import silhouette_batch, silhouette_label, silhouette_samples
+from ._split import LeakFreeSplit, leak_free_split
 
 __all__ = [
     "CELLPAINTR_SCORES",
@@ -19,6 +20,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "SCORE_COLUMNS",
     "KnownRelationshipRecall",
+    "LeakFreeSplit",
     "LeidenScores",
     "MAPResult",
     "MoAAccuracy",
@@ -36,6 +38,7 @@ __all__ = [
     "kbet",
     "kbet_per_label",
     "known_relationship_recall",
+    "leak_free_split",
     "leiden_nmi_ari",
     "lisi",
     "map_control",

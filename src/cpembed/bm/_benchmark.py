@@ -203,6 +203,7 @@ def benchmark(
     plate_key: str,
     control_key: str,
     well_key: str | None = None,
+    wells: np.ndarray | None = None,
     metrics: Sequence[str] | None = None,
     metric: Metric = "euclidean",
     exclude_controls: bool = True,
@@ -259,6 +260,11 @@ def benchmark(
         ``.obs`` column with the well position; passed to the control mAP so that replicates at the same position
         are not positives (``None``: no such restriction). The no-rep mAP has no such restriction, as in the JUMP
         benchmark (Arevalo et al. 2024), where only the control setting excludes same-position replicates.
+    wells
+        Boolean mask of the wells to score (every metric sees only these); ``None`` scores all. For models trained
+        with labels, pass :attr:`LeakFreeSplit.scored <cpembed.bm.LeakFreeSplit>` of
+        :func:`~cpembed.bm.leak_free_split` (with ``exclude_controls=False``), so no scored label was seen in
+        training.
     metrics
         Metric columns to compute (names from :data:`METRIC_COLUMNS`); ``None`` computes all. Columns not computed
         are NaN, and so are the aggregates that need them.
@@ -300,8 +306,9 @@ def benchmark(
     if not embeddings:
         raise ValueError("Pass at least one embedding: an .obsm key, or 'X' for adata.X.")
     steps = _selected_steps(metrics)
-    wells = _read_wells(adata, batch_key, label_key, perturbation_key, plate_key, control_key, well_key)
     check_obsm_keys(adata, *embeddings)
+    scored = adata if wells is None else adata[_wells_mask(wells, adata.n_obs)]
+    annotations = _read_wells(scored, batch_key, label_key, perturbation_key, plate_key, control_key, well_key)
     settings = BenchmarkSettings(
         metric=metric,
         graph_neighbors=graph_neighbors,
@@ -315,11 +322,11 @@ def benchmark(
         threshold=threshold,
         n_jobs=n_jobs,
     )
-    matrices = {key: _embedding_matrix(adata, key) for key in embeddings}
+    matrices = {key: _embedding_matrix(scored, key) for key in embeddings}
     rows = {}
     with tqdm(total=len(embeddings) * len(steps), desc="Benchmark", disable=not progress) as bar:
         for key, X in matrices.items():
-            scorer = _EmbeddingScores(X, wells, settings, exclude_controls)
+            scorer = _EmbeddingScores(X, annotations, settings, exclude_controls)
             rows[key] = {}
             for step in steps:
                 bar.set_postfix_str(f"{key}: {step}")
@@ -330,6 +337,16 @@ def benchmark(
     table.index.name = "embedding"
     adata.uns[key_added] = table
     return table
+
+
+def _wells_mask(wells: np.ndarray, n_obs: int) -> np.ndarray:
+    """``wells`` as a boolean mask over the ``n_obs`` wells, or a ValueError saying what is wrong with it."""
+    mask = np.asarray(wells)
+    if mask.dtype != bool or mask.shape != (n_obs,):
+        raise ValueError(f"wells must be a boolean mask of length {n_obs}, got dtype {mask.dtype}, shape {mask.shape}.")
+    if not mask.any():
+        raise ValueError("wells selects no well: nothing to score.")
+    return mask
 
 
 def _run_step(scorer: _EmbeddingScores, step: str) -> dict[str, float]:
