@@ -90,8 +90,9 @@ def test_history_records_every_stage_epoch(trained):
         assert np.isfinite(history["loss"]).all()
         assert (history["n_skipped"] == 0).all()
         assert ("supcon" in history) == (stage > 1)
+        assert ("structure" in history) == (stage > 1)  # the default (contrastive) preset keeps PCA neighbourhoods
     stage2 = trained.history["stage2"]
-    np.testing.assert_allclose(stage2["loss"], stage2["cwmm"] + stage2["supcon"], rtol=1e-5)
+    np.testing.assert_allclose(stage2["loss"], stage2["cwmm"] + stage2["supcon"] + stage2["structure"], rtol=1e-5)
 
 
 def test_indices_select_rows(trained):

@@ -13,7 +13,9 @@ from cpembed.module import (
     bidirectional_fft_conv,
     fast_fft_size,
     masked_feature_loss,
+    replicate_alignment_loss,
     sample_feature_mask,
+    similarity_structure_loss,
     supervised_contrastive_loss,
 )
 from cpembed.module._hyena import _BidirectionalFFTConv, centred_depthwise_conv, decay_window, lag_positional_features
@@ -472,3 +474,101 @@ def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_onl
     profile = next(row for row in rows if row["implementation"] == "cpembed")["profile_families_ms"]
     assert profile["matmul"] > 0
     assert "fft" in profile
+
+
+# ---------------------------------------------------------------- replicate alignment and the linear path
+
+
+def loop_alignment(embedding, labels, groups=None):
+    """Brute force: the replicates (wells, or each group's centroid of a label) around their label's centroid."""
+    points, point_labels = [], []
+    for label in np.unique(labels[labels >= 0]):
+        rows = np.flatnonzero(labels == label)
+        if groups is None:
+            points += [embedding[row] for row in rows]
+            point_labels += [label] * len(rows)
+        else:
+            for group in np.unique(groups[rows]):
+                points.append(embedding[rows[groups[rows] == group]].mean(axis=0))
+                point_labels.append(label)
+    points, point_labels = np.array(points), np.array(point_labels)
+    distances = []
+    for label in np.unique(point_labels):
+        members = points[point_labels == label]
+        if len(members) > 1:
+            distances += [((member - members.mean(axis=0)) ** 2).sum() for member in members]
+    return np.mean(distances) if distances else 0.0
+
+
+@pytest.mark.parametrize("use_groups", [False, True])
+def test_replicate_alignment_equals_brute_force(use_groups):
+    generator = torch.Generator().manual_seed(0)
+    embedding = torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(-1, 7, (40,), generator=generator)
+    groups = torch.randint(0, 3, (40,), generator=generator) if use_groups else None
+    loss = replicate_alignment_loss(embedding, labels, 2.5, groups)
+    expected = loop_alignment(embedding.numpy(), labels.numpy(), None if groups is None else groups.numpy()) / 2.5
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def test_alignment_across_sources_ignores_spread_within_a_source():
+    """Two sources whose wells of a compound scatter around the same centroid: nothing to align across sources."""
+    embedding = torch.tensor([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]], requires_grad=True)
+    labels, sources = torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1])
+    assert float(replicate_alignment_loss(embedding, labels, 1.0, sources)) == 0.0
+    assert float(replicate_alignment_loss(embedding, labels, 1.0)) == pytest.approx(1.0)
+    unique = torch.arange(4)
+    loss = replicate_alignment_loss(embedding, unique, 1.0)  # no label repeats: zero, still in the graph
+    loss.backward()
+    assert float(loss) == 0.0 and embedding.grad is not None
+
+
+def test_linear_path_starts_as_the_pca_projection():
+    """Before training, distances between embeddings are those of the top principal components (numpy SVD)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 12)) @ rng.normal(size=(12, 12))
+    centred = x - x.mean(axis=0)
+    _, singular_values, components = np.linalg.svd(centred, full_matrices=False)
+    module = tiny_module(n_features=12, linear_path=True, readout="mean").eval()
+    module.set_projection(x.mean(axis=0), components[:5].T, variance=float((singular_values[:5] ** 2).sum() / 29))
+    embedding = module.embed(torch.as_tensor(x, dtype=torch.float32), torch.zeros(30, dtype=torch.long)).detach()
+    assert embedding.shape == (30, 16)
+    np.testing.assert_allclose(embedding[:, 5:].numpy(), 0.0, atol=1e-6)
+    expected = centred @ components[:5].T
+    found = embedding.numpy().astype(np.float64)
+    np.testing.assert_allclose(
+        np.linalg.norm(found[:, None] - found[None], axis=-1),
+        np.linalg.norm(expected[:, None] - expected[None], axis=-1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_linear_path_refuses_bad_projections():
+    module = tiny_module(linear_path=True)
+    with pytest.raises(ValueError, match="more than d_model"):
+        module.set_projection(torch.zeros(12), torch.zeros(12, 17), 1.0)
+    with pytest.raises(ValueError, match="Expected center"):
+        module.set_projection(torch.zeros(11), torch.zeros(12, 3), 1.0)
+    with pytest.raises(ValueError, match="variance"):
+        module.set_projection(torch.zeros(12), torch.zeros(12, 3), 0.0)
+    with pytest.raises(ValueError, match="readout"):
+        tiny_module(readout="max")
+
+
+def test_similarity_structure_equals_brute_force_and_ignores_scale():
+    generator = torch.Generator().manual_seed(1)
+    embedding = torch.randn(9, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    reference = torch.randn(9, 7, generator=generator, dtype=torch.float64)
+
+    def cosine(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    e, r = embedding.detach().numpy(), reference.numpy()
+    pairs = [(i, j) for i in range(9) for j in range(9) if i != j]
+    expected = np.mean([(cosine(e[i], e[j]) - cosine(r[i], r[j])) ** 2 for i, j in pairs])
+    loss = similarity_structure_loss(embedding, reference)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    loss.backward()
+    assert embedding.grad is not None
+    assert float(similarity_structure_loss(3.0 * reference, reference)) == pytest.approx(0.0, abs=1e-6)

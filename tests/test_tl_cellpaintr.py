@@ -12,7 +12,7 @@ import cpembed as cpe
 TINY_MODEL = {"d_model": 8, "n_layers": 1, "d_mlp": 16, "filter_width": 8}
 TINY_TRAIN = {
     "stage1": {"max_epochs": 1, "batch_size": 64},
-    "stage2": {"max_epochs": 1, "batch_size": 32, "lr": 1e-3},
+    "stage2": {"max_epochs": 2, "batch_size": 32, "lr": 1e-3},
     "stage3": {"max_epochs": 1, "batch_size": 64, "lr": 1e-3},
     "accelerator": "cpu",
     "enable_progress_bar": False,
@@ -60,6 +60,20 @@ def test_writes_final_and_stage_embeddings_and_params(profiles, embedded):
     assert params["batch_key"] == "Metadata_Batch"
     assert params["labels_key"] == "Metadata_Compound"
     assert params["stages"] == [1, 2, 3]
+    # no compound of BBBC021 was imaged in two weeks: "auto" takes the PCA-anchored model
+    assert params["preset"] == "anchored"
+    assert params["linear_path"] and params["readout"] == "mean"
+
+
+def test_auto_preset_follows_labels_shared_across_sources(profiles):
+    from cpembed.tl._cellpaintr import auto_preset
+
+    assert auto_preset(profiles, "Metadata_Batch", "Metadata_Compound", None) == "anchored"
+    # compounds are replicated on several plates of their week: with plates as sources they are shared
+    assert auto_preset(profiles, "Metadata_Plate", "Metadata_Compound", None) == "contrastive"
+    assert auto_preset(profiles, None, "Metadata_Compound", None) == "anchored"
+    with pytest.raises(ValueError, match="preset"):
+        cpe.tl.cellpaintr(profiles, **KEYS, preset="best", copy=True)
 
 
 def test_given_model_embeds_in_place(profiles):

@@ -2,6 +2,14 @@
 
 from ._cellpaintr import CellPainTR
 from ._cwamsn import CWAMSN
-from ._training_plan import DEFAULT_STAGES, StageConfig
+from ._training_plan import ANCHORED_STAGES, CONTRASTIVE_STAGES, PAPER_STAGES, PRESET_STAGES, StageConfig
 
-__all__ = ["CWAMSN", "DEFAULT_STAGES", "CellPainTR", "StageConfig"]
+__all__ = [
+    "ANCHORED_STAGES",
+    "CONTRASTIVE_STAGES",
+    "CWAMSN",
+    "PAPER_STAGES",
+    "PRESET_STAGES",
+    "CellPainTR",
+    "StageConfig",
+]

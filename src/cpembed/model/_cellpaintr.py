@@ -24,10 +24,10 @@ from cpembed._validation import check_layer, check_obs_complete, check_obs_keys
 from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
 
-from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks
+from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks, read_rows
 from ._random_state import seeded_torch_random
 from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
-from ._training_plan import DEFAULT_STAGES, CellPainTRTrainingPlan, StageConfig
+from ._training_plan import PRESET_STAGES, CellPainTRTrainingPlan, StageConfig
 
 StageSettings = StageConfig | Mapping[str, object] | None
 
@@ -37,6 +37,9 @@ ADD_SOURCE_STAGE = StageConfig(max_epochs=5, batch_size=32, lr=1e-3, contrastive
 
 #: Gradient-norm clipping of every stage (the reference code's value).
 GRADIENT_CLIP = 1.0
+
+#: Wells the PCA of the linear path is fitted on (a random sample when there are more).
+LINEAR_PATH_SAMPLE = 20_000
 
 
 class _CellPainTRNetwork(CellPainTRModule):
@@ -84,6 +87,15 @@ class CellPainTR(BaseModelClass):
     added_sources
         Sources added after training with :meth:`add_source`; filled in by the model, so that a saved model
         rebuilds its vocabulary on :meth:`load`.
+    readout
+        Outputs of the final LayerNorm that are read: ``"cls"``, the CLS position (the paper), or ``"mean"`` over
+        the feature positions.
+    linear_path
+        ``False`` (the paper): the embedding is the read-out. ``True`` (the ``"anchored"`` preset, with
+        ``readout="mean"``): the embedding is the network's PCA projection of the profile plus a learned correction
+        of the read-out that starts at zero, so training moves wells away from PCA only as far as its objective
+        asks. Either way the model fits a PCA of ``adata`` (up to ``d_model`` components) that training losses may
+        compare with. ``docs/concepts.md`` gives the measurements behind the presets.
     seed
         Seed of the initial weights; :meth:`train` takes its own seed for masks, sampling and dropout. The caller's
         random state is left untouched, so one seed gives one model whatever ran before.
@@ -115,6 +127,8 @@ class CellPainTR(BaseModelClass):
         d_mlp: int = 1024,
         dropout: float = 0.1,
         filter_width: int = 64,
+        readout: Literal["cls", "mean"] = "cls",
+        linear_path: bool = False,
         added_sources: Sequence[str] = (),
         seed: int = 0,
     ):
@@ -132,14 +146,18 @@ class CellPainTR(BaseModelClass):
                 dropout=dropout,
                 filter_width=filter_width,
                 unknown_source=True,
+                readout=readout,
+                linear_path=linear_path,
             )
+        self.module.set_projection(*_pca_projection(feature_matrix(adata, self._setup_arg("layer")), d_model, seed))
         if added_sources:
             self.module.add_sources(len(added_sources))
         self.stage_states_: dict[int, dict] = {}
+        self.training_preset_: str | None = None
         self.history_ = {}
         self._model_summary_string = (
             f"CellPainTR with {adata.n_vars} features, {len(self.source_names)} sources, d_model={d_model}, "
-            f"n_layers={n_layers}"
+            f"n_layers={n_layers}, readout={readout!r}, linear_path={linear_path}"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -263,6 +281,7 @@ class CellPainTR(BaseModelClass):
         stage3: StageSettings = None,
         *,
         stages: Sequence[int] = (1, 2, 3),
+        preset: Literal["contrastive", "anchored", "paper"] = "contrastive",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         precision: str | None = None,
@@ -277,10 +296,15 @@ class CellPainTR(BaseModelClass):
         Parameters
         ----------
         stage1, stage2, stage3
-            Settings of each stage: a :class:`StageConfig`, or a dict of fields overriding the paper's defaults
-            (:data:`DEFAULT_STAGES`), e.g. ``stage2={"max_epochs": 4, "lr": 3e-5}``.
+            Settings of each stage: a :class:`StageConfig`, or a dict of fields overriding the preset's
+            (:data:`PRESET_STAGES`), e.g. ``stage2={"max_epochs": 4, "lr": 3e-5}``.
         stages
             Stages to run, in order; stages 2 and 3 need ``labels_key``.
+        preset
+            ``"contrastive"`` (default): the paper's stages plus a term that keeps the neighbourhoods of the PCA
+            (:data:`CONTRASTIVE_STAGES`); ``"anchored"``: stages 2-3 align replicates on the linear path
+            (:data:`ANCHORED_STAGES`; needs ``linear_path=True``); ``"paper"``: the paper's stages
+            (:data:`PAPER_STAGES`). :func:`cpembed.tl.cellpaintr` chooses between the first two from the design.
         accelerator, devices
             As in Lightning. For several GPUs pass ``devices=4, strategy="ddp"``: each process trains on its own
             share of every epoch's minibatches (the samplers shard like a ``DistributedSampler``).
@@ -301,16 +325,24 @@ class CellPainTR(BaseModelClass):
             Passed to :class:`scvi.train.Trainer` (and on to Lightning), e.g. ``strategy``,
             ``enable_progress_bar``.
         """
+        if preset not in PRESET_STAGES:
+            raise ValueError(f"preset must be one of {sorted(PRESET_STAGES)}, got {preset!r}.")
         configs = {
-            stage: _stage_config(stage, settings)
+            stage: _merge_config(PRESET_STAGES[preset][stage], settings)
             for stage, settings in zip((1, 2, 3), (stage1, stage2, stage3), strict=True)
         }
+        if not self.module.linear_path and any(configs[stage].objective == "align" for stage in set(stages) - {1}):
+            raise ValueError(
+                "The anchored stages align replicates on the linear path, which this model lacks (linear_path=False): "
+                'train it with preset="contrastive" or "paper", or build it with linear_path=True.'
+            )
         unknown = sorted(set(stages) - set(configs))
         if unknown:
             raise ValueError(f"stages must be among 1, 2, 3; got {unknown}.")
         if self._setup_arg("labels_key") is None and {2, 3} & set(stages):
             raise ValueError("Stages 2 and 3 need labels: run setup_anndata with labels_key, or train stages=(1,).")
         data = self._training_dataset()
+        self.training_preset_ = preset
         fit_kwargs = {
             "accelerator": accelerator,
             "devices": devices,
@@ -477,7 +509,10 @@ class CellPainTR(BaseModelClass):
         stage: Literal[1, 2, 3] | None = None,
         unseen_source: Literal["warn", "raise"] = "warn",
     ) -> np.ndarray:
-        """Embed wells: the CLS output of the final layer norm (Section 3.1 of the paper).
+        """Embed wells: the read-out of the final layer norm, or the PCA projection plus the learned correction.
+
+        The read-out is the CLS output (Section 3.1 of the paper) unless the model reads the mean of the feature
+        positions; with the linear path the embedding is the projection plus the correction of the read-out.
 
         Parameters
         ----------
@@ -533,6 +568,8 @@ class CellPainTR(BaseModelClass):
             dropout=params["dropout"],
             filter_width=params["filter_width"],
             unknown_source=True,
+            readout=params.get("readout", "cls"),
+            linear_path=params.get("linear_path", False),
         )
         network.load_state_dict(saved["state_dict"])
         return network.to(self.device)
@@ -570,8 +607,22 @@ def _feature_group_ids(adata: AnnData) -> torch.Tensor:
     return torch.as_tensor(labelled.var["feature_group"].cat.codes.to_numpy(copy=True), dtype=torch.long)
 
 
-def _stage_config(stage: int, settings: StageSettings) -> StageConfig:
-    return _merge_config(DEFAULT_STAGES[stage], settings)
+def _pca_projection(matrix, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, loadings (features x components) and mean squared projected norm of a PCA of the wells of ``matrix``.
+
+    Fitted on at most :data:`LINEAR_PATH_SAMPLE` wells drawn at random; non-finite values read as 0, as in training.
+    """
+    from sklearn.decomposition import PCA
+
+    n_rows, n_features = matrix.shape
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n_rows, min(n_rows, LINEAR_PATH_SAMPLE), replace=False))
+    sample = read_rows(matrix, rows).astype(np.float64)
+    n_components = min(n_components, n_features, len(rows) - 1)
+    if n_components < 1:
+        raise ValueError("The linear path needs at least two wells to fit its PCA.")
+    pca = PCA(n_components=n_components, random_state=seed).fit(sample)
+    return pca.mean_, pca.components_.T, float(pca.explained_variance_.sum())
 
 
 def _merge_config(default: StageConfig, settings: StageSettings) -> StageConfig:

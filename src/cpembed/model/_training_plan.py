@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
 
-from cpembed.module import CellPainTRModule, masked_feature_loss, sample_feature_mask, supervised_contrastive_loss
+from cpembed.module import (
+    CellPainTRModule,
+    masked_feature_loss,
+    replicate_alignment_loss,
+    sample_feature_mask,
+    similarity_structure_loss,
+    supervised_contrastive_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class StageConfig:
     lr
         AdamW learning rate (weight decay 0, as in the reference code).
     contrastive_weight
-        Weight of the supervised contrastive loss added to the masked-feature loss; 0 in stage 1.
+        Weight of the label objective (``objective``) added to the masked-feature loss; 0 in stage 1.
     mask_ratio
         Range of the masking probability ``p ~ U(low, high)`` drawn per minibatch (Section 3.2).
     temperature
@@ -34,6 +42,20 @@ class StageConfig:
         ``K`` of the P x K sampler: wells of one label per minibatch (our choice; the paper samples uniformly).
     warmup_epochs
         Leading epochs that train only the source tokens (the rest frozen); the paper's stage 2 uses one.
+    objective
+        Label objective: ``"supcon"``, the supervised contrastive loss of the paper, or ``"align"``,
+        :func:`~cpembed.module.replicate_alignment_loss`, which pulls replicates together without pushing compounds
+        apart (needs a network with the linear path, whose variance sets its scale).
+    correction_weight
+        Weight of the mean squared norm of the linear path's learned correction (over the same scale): how far the
+        embedding may move from the fixed projection. 0 without the linear path.
+    structure_weight
+        Weight of :func:`~cpembed.module.similarity_structure_loss` between the embedding and the network's fixed
+        PCA projection of the profiles: keeps the neighbourhoods of PCA while the label objective acts.
+    alignment
+        What ``objective="align"`` pulls together: ``"sources"``, each source's centroid of a label to the label's
+        centroid over sources (a compound is aligned across sources, its spread within a source left alone), or
+        ``"wells"``, every replicate well to its label's centroid.
     """
 
     max_epochs: int
@@ -44,6 +66,10 @@ class StageConfig:
     temperature: float = 0.07
     wells_per_label: int = 4
     warmup_epochs: int = 0
+    objective: Literal["supcon", "align"] = "supcon"
+    correction_weight: float = 0.0
+    alignment: Literal["sources", "wells"] = "sources"
+    structure_weight: float = 0.0
 
     def __post_init__(self):
         low, high = self.mask_ratio
@@ -53,24 +79,71 @@ class StageConfig:
             raise ValueError("max_epochs must be >= 0, batch_size >= 1 and lr > 0.")
         if not 0 <= self.warmup_epochs <= self.max_epochs:
             raise ValueError("warmup_epochs must lie between 0 and max_epochs.")
+        if self.objective not in ("supcon", "align"):
+            raise ValueError(f"objective must be 'supcon' or 'align', got {self.objective!r}.")
+        if self.alignment not in ("sources", "wells"):
+            raise ValueError(f"alignment must be 'sources' or 'wells', got {self.alignment!r}.")
+        if self.structure_weight < 0:
+            raise ValueError(f"structure_weight must be >= 0, got {self.structure_weight}.")
+        if self.correction_weight < 0:
+            raise ValueError(f"correction_weight must be >= 0, got {self.correction_weight}.")
 
 
-#: Paper settings: stage 1 (CWMM) 3 epochs, batch 16, lr 1e-4; stage 2 (intra-source) batch 32, lr 1e-5, first epoch
-#: a source-token warm-up; stage 3 (inter-source) batch 64, lr 1e-5. The paper gives stage 2/3 lengths only in wall
-#: time; 8 and 6 epochs are the public reference code's values.
-DEFAULT_STAGES: dict[int, StageConfig] = {
+#: The paper's settings: stage 1 (CWMM) 3 epochs, batch 16, lr 1e-4; stage 2 (intra-source) batch 32, lr 1e-5, first
+#: epoch a source-token warm-up; stage 3 (inter-source) batch 64, lr 1e-5; supervised contrastive loss at temperature
+#: 0.07. The paper gives stage 2/3 lengths only in wall time; 8 and 6 epochs are the public reference code's values.
+PAPER_STAGES: dict[int, StageConfig] = {
     1: StageConfig(max_epochs=3, batch_size=16, lr=1e-4, contrastive_weight=0.0),
     2: StageConfig(max_epochs=8, batch_size=32, lr=1e-5, warmup_epochs=1),
     3: StageConfig(max_epochs=6, batch_size=64, lr=1e-5),
 }
+
+#: The "contrastive" preset (cpembed's default where sources share compounds): the paper's stages, plus in stages 2-3
+#: :func:`~cpembed.module.similarity_structure_loss` at weight 1, which keeps the neighbourhoods of a PCA of the
+#: profiles while the contrastive loss pulls a compound's wells together (``docs/concepts.md`` gives the figures).
+CONTRASTIVE_STAGES: dict[int, StageConfig] = {
+    1: PAPER_STAGES[1],
+    **{stage: replace(PAPER_STAGES[stage], structure_weight=1.0) for stage in (2, 3)},
+}
+
+#: The "anchored" preset (for studies in which no compound spans two sources, such as BBBC021's weeks): the network
+#: needs the linear path; stages 2-3 align replicates (``objective="align"``, weight 10), penalising the correction
+#: at weight 1, at lr 1e-4 (the correction starts at zero and must grow within the schedule). Stage 2, whose
+#: minibatches come from one source, pulls replicate wells together; stage 3 aligns each compound's source centroids.
+ANCHORED_STAGES: dict[int, StageConfig] = {
+    1: PAPER_STAGES[1],
+    **{
+        stage: replace(
+            PAPER_STAGES[stage],
+            lr=1e-4,
+            objective="align",
+            contrastive_weight=10.0,
+            correction_weight=1.0,
+            alignment=alignment,
+        )
+        for stage, alignment in ((2, "wells"), (3, "sources"))
+    },
+}
+
+#: Stage settings of each preset: ``"contrastive"`` and ``"anchored"`` (cpembed's) and ``"paper"`` (faithful).
+PRESET_STAGES: dict[str, dict[int, StageConfig]] = {
+    "contrastive": CONTRASTIVE_STAGES,
+    "anchored": ANCHORED_STAGES,
+    "paper": PAPER_STAGES,
+}
+
+
+#: Terms a stage's loss can have, in the order the epoch records list them.
+_LOSS_NAMES = ("loss", "cwmm", "supcon", "align", "correction", "structure")
 
 
 class CellPainTRTrainingPlan(LightningModule):
     """One CellPainTR stage as a Lightning module, run by scvi-tools' :class:`~scvi.train.TrainRunner`.
 
     Loss per minibatch: the channel-wise masked morphology (CWMM) loss, the group-averaged MSE on masked
-    features (Eq. 9 of the paper), plus ``contrastive_weight`` times the supervised contrastive loss on the
-    CLS embedding. Minibatches whose loss is not finite are skipped on every process. Only parameters with
+    features (Eq. 9 of the paper), plus ``contrastive_weight`` times the label objective on the embedding (the
+    supervised contrastive loss, or replicate alignment), plus the optional correction and structure terms.
+    Minibatches whose loss is not finite are skipped on every process. Only parameters with
     ``requires_grad`` are optimised, so freezing happens before the plan is built.
 
     Parameters
@@ -139,13 +212,28 @@ class CellPainTRTrainingPlan(LightningModule):
         mask = sample_feature_mask(x, mask_ratio, self.feature_groups, generator=self._generator)
         output = self.module(x, self._drop_sources(batch["source"]), mask)
         groups = self.feature_groups if self.group_wise_loss else None
+        config = self.config
         losses = {"cwmm": masked_feature_loss(output["reconstruction"], x, mask, groups, n_groups=self.n_groups)}
-        if self.config.contrastive_weight > 0:
-            losses["supcon"] = supervised_contrastive_loss(
-                output["embedding"].float(), batch["label"], temperature=self.config.temperature
-            )
-        losses["loss"] = losses["cwmm"] + self.config.contrastive_weight * losses.get("supcon", 0.0)
+        total = losses["cwmm"]
+        if config.contrastive_weight > 0:
+            losses[config.objective] = self._label_loss(output["embedding"], batch["label"], batch["source"])
+            total = total + config.contrastive_weight * losses[config.objective]
+        if config.correction_weight > 0 and "correction" in output:
+            losses["correction"] = output["correction"].square().sum(dim=1).mean() / self.module.projection_variance
+            total = total + config.correction_weight * losses["correction"]
+        if config.structure_weight > 0:
+            losses["structure"] = similarity_structure_loss(output["embedding"], self.module.project(x))
+            total = total + config.structure_weight * losses["structure"]
+        losses["loss"] = total
         return losses
+
+    def _label_loss(self, embedding: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        if self.config.objective == "supcon":
+            return supervised_contrastive_loss(embedding.float(), labels, temperature=self.config.temperature)
+        if not self.module.linear_path:
+            raise ValueError("objective='align' needs a CellPainTR network with the linear path.")
+        groups = sources if self.config.alignment == "sources" else None
+        return replicate_alignment_loss(embedding, labels, self.module.projection_variance, groups)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).float()
@@ -167,18 +255,33 @@ class CellPainTRTrainingPlan(LightningModule):
             self._sums[name] = self._sums.get(name, 0.0) + value
 
     def on_train_epoch_end(self) -> None:
-        names = ["n_batches", "n_skipped", "loss", "cwmm", "supcon"]
+        names = ["n_batches", "n_skipped", *_LOSS_NAMES]
         totals = torch.tensor([float(self._sums.get(name, 0.0)) for name in names], device=self.device)
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         n_batches, n_skipped, *loss_sums = totals.tolist()
         n_used = max(n_batches - n_skipped, 1.0)
         record = {"epoch": float(len(self.epoch_losses)), "n_batches": n_batches, "n_skipped": n_skipped}
-        record.update({name: total / n_used for name, total in zip(names[2:], loss_sums, strict=True)})
-        if self.config.contrastive_weight == 0:
-            record.pop("supcon")
+        record.update(
+            {
+                name: total / n_used
+                for name, total in zip(_LOSS_NAMES, loss_sums, strict=True)
+                if name in self._recorded_losses()
+            }
+        )
         self.epoch_losses.append(record)
         self._sums = {}
+
+    def _recorded_losses(self) -> set[str]:
+        """The loss terms this stage computes."""
+        names = {"loss", "cwmm"}
+        if self.config.contrastive_weight > 0:
+            names.add(self.config.objective)
+        if self.config.correction_weight > 0 and self.module.linear_path:
+            names.add("correction")
+        if self.config.structure_weight > 0:
+            names.add("structure")
+        return names
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [parameter for parameter in self.module.parameters() if parameter.requires_grad]

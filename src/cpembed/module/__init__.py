@@ -6,7 +6,13 @@ from ._crops import random_resized_crop, resize_for_inference, standardize, to_s
 from ._embeddings import FeatureTokenEmbedding
 from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft_size
 from ._image_batches import CrossWellSampler, PairBatches, StoreImages, prefetch_to_device
-from ._losses import masked_feature_loss, sample_feature_mask, supervised_contrastive_loss
+from ._losses import (
+    masked_feature_loss,
+    replicate_alignment_loss,
+    sample_feature_mask,
+    similarity_structure_loss,
+    supervised_contrastive_loss,
+)
 from ._msn import MaskedSiameseNetwork, MSNLoss, ProjectionHead, ema_update, msn_loss, sharpen, sinkhorn
 from ._msn_training import MSNTrainingStep, Schedule, ViewConfig, make_views, parameter_groups
 from ._vit import VisionTransformer, embed_patches, keep_random_patches
@@ -39,9 +45,11 @@ __all__ = [
     "parameter_groups",
     "prefetch_to_device",
     "random_resized_crop",
+    "replicate_alignment_loss",
     "resize_for_inference",
     "sample_feature_mask",
     "sharpen",
+    "similarity_structure_loss",
     "sinkhorn",
     "standardize",
     "supervised_contrastive_loss",

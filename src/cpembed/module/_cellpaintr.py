@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -94,6 +94,14 @@ class CellPainTRModule(nn.Module):
         Recompute each block in the backward pass instead of keeping its activations (less memory, ~30% more time).
     initializer_range
         Standard deviation of the weight initialisation (0.02).
+    readout
+        Which outputs of the final LayerNorm form the representation: ``"cls"``, the CLS position (the paper), or
+        ``"mean"``, the mean over the feature positions.
+    linear_path
+        Make the embedding the fixed projection of :meth:`set_projection` (a PCA of the training profiles) plus a
+        learned correction of the read-out, ``embedding = (x - center) @ components + correction_head(readout)``,
+        with ``correction_head`` starting at zero. ``False`` keeps the paper's embedding, the read-out itself (the
+        projection is then only a reference, :meth:`project`, that training losses may compare with).
     """
 
     def __init__(
@@ -111,6 +119,8 @@ class CellPainTRModule(nn.Module):
         residual_dropout: float = 0.0,
         gradient_checkpointing: bool = False,
         initializer_range: float = 0.02,
+        readout: Literal["cls", "mean"] = "cls",
+        linear_path: bool = False,
     ):
         super().__init__()
         groups = torch.as_tensor(feature_groups, dtype=torch.long)
@@ -120,6 +130,10 @@ class CellPainTRModule(nn.Module):
             raise ValueError("CellPainTR needs at least one feature and one source token.")
         if bool((groups < 0).any()):
             raise ValueError("`feature_groups` must hold group ids 0..G-1.")
+        if readout not in ("cls", "mean"):
+            raise ValueError(f"`readout` must be 'cls' or 'mean', got {readout!r}.")
+        self.readout = readout
+        self.linear_path = linear_path
         self.register_buffer("feature_groups", groups)
         self.n_features = n_features
         self.n_groups = int(groups.max()) + 1
@@ -136,6 +150,14 @@ class CellPainTRModule(nn.Module):
             nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model, eps=_LAYER_NORM_EPS), nn.Linear(d_model, 1)
         )
         self._init_weights(initializer_range, n_layers)
+        self.register_buffer("projection_center", torch.zeros(n_features))
+        self.register_buffer("projection_components", torch.zeros(n_features, d_model))
+        self.register_buffer("projection_variance", torch.ones(()))
+        self.register_buffer("projection_rms", torch.ones(()))
+        if linear_path:
+            self.correction_head = nn.Linear(d_model, d_model)
+            nn.init.zeros_(self.correction_head.weight)
+            nn.init.zeros_(self.correction_head.bias)
 
     def _init_weights(self, std: float, n_layers: int) -> None:
         for module in self.modules():
@@ -158,6 +180,45 @@ class CellPainTRModule(nn.Module):
     def unknown_source_index(self) -> int | None:
         """Source index of the learned "unknown source" token, ``None`` without one."""
         return self.embeddings.unknown_source_index
+
+    def set_projection(self, center: torch.Tensor, components: torch.Tensor, variance: float) -> None:
+        """Set the fixed linear projection of profiles (:meth:`project`), e.g. a PCA of the training data.
+
+        Parameters
+        ----------
+        center
+            Profile subtracted before projecting, ``(n_features,)`` (the training mean).
+        components
+            Projection, ``(n_features, k)`` with ``k <= d_model``; columns beyond ``k`` stay zero.
+        variance
+            Mean squared norm of the projected training profiles: the scale the training losses on the embedding
+            are measured in (:attr:`projection_variance`).
+        """
+        center = torch.as_tensor(center, dtype=torch.float32)
+        components = torch.as_tensor(components, dtype=torch.float32)
+        n_features, d_model = self.projection_components.shape
+        if center.shape != (n_features,) or components.ndim != 2 or components.shape[0] != n_features:
+            raise ValueError(
+                f"Expected center ({n_features},) and components ({n_features}, k), got {tuple(center.shape)} and "
+                f"{tuple(components.shape)}."
+            )
+        if components.shape[1] > d_model:
+            raise ValueError(f"components has {components.shape[1]} columns, more than d_model={d_model}.")
+        if not variance > 0:
+            raise ValueError(f"variance must be positive, got {variance}.")
+        with torch.no_grad():
+            self.projection_center.copy_(center)
+            self.projection_components.zero_()
+            self.projection_components[:, : components.shape[1]] = components
+            # Inputs with values near float32's range (their non-finite batches are skipped) must not overflow here.
+            variance = min(float(variance), torch.finfo(torch.float32).max)
+            self.projection_variance.fill_(variance)
+            self.projection_rms.fill_(math.sqrt(variance / components.shape[1]))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed projection ``(x - center) @ components`` of profiles ``(batch, n_features)``, in float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32 also under bf16 autocast
+            return (x.float() - self.projection_center) @ self.projection_components
 
     def _check_inputs(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None) -> None:
         if x.ndim != 2 or x.shape[1] != self.n_features:
@@ -202,16 +263,27 @@ class CellPainTRModule(nn.Module):
 
         Returns
         -------
-        ``{"embedding": (batch, d_model), "reconstruction": (batch, n_features)}``: the final-LayerNorm output at
-        the CLS position and the masked-regression head's prediction of every feature.
+        ``{"embedding": (batch, d_model), "reconstruction": (batch, n_features)}``: the embedding (the final-LayerNorm
+        output at the read-out positions, or with the linear path the projection plus ``"correction"``, also
+        returned) and the masked-regression head's prediction of every feature.
         """
         hidden = self._encode(x, source, mask)
         reconstruction = self.reconstruction_head(hidden[:, 1:-1]).squeeze(-1)
-        return {"embedding": hidden[:, 0], "reconstruction": reconstruction}
+        return {**self._embedding(x, hidden), "reconstruction": reconstruction}
 
     def embed(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """CLS embedding ``(batch, d_model)`` of unmasked profiles, without running the reconstruction head."""
-        return self._encode(x, source, None)[:, 0]
+        """Embedding ``(batch, d_model)`` of unmasked profiles, without running the reconstruction head."""
+        return self._embedding(x, self._encode(x, source, None))["embedding"]
+
+    def _embedding(self, x: torch.Tensor, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The read-out and, with the linear path, the projection plus the learned correction."""
+        represented = hidden[:, 0] if self.readout == "cls" else hidden[:, 1:-1].mean(dim=1)
+        if not self.linear_path:
+            return {"embedding": represented}
+        # The head works in units of the projection's root-mean-square per dimension, so its gradients have the
+        # usual size whatever the scale of the features.
+        correction = self.correction_head(represented).float() * self.projection_rms
+        return {"embedding": self.project(x) + correction, "correction": correction}
 
     def add_sources(self, n_new: int) -> None:
         """Add ``n_new`` source tokens (indices ``n_sources..n_sources + n_new - 1``), keeping existing tokens.

@@ -164,3 +164,93 @@ def supervised_contrastive_loss(
     mean_log_prob = torch.where(positive, log_prob, 0.0).sum(dim=1) / n_positive.clamp_min(1)
     has_positive = n_positive > 0
     return -(mean_log_prob * has_positive).sum() / has_positive.sum().clamp_min(1)
+
+
+def replicate_alignment_loss(
+    embedding: torch.Tensor,
+    labels: torch.Tensor,
+    scale: torch.Tensor | float,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared distance of replicates to the centroid of their label in the minibatch, over ``scale``.
+
+    Without ``groups`` the replicates are wells: each well of a label with at least two wells is pulled to the
+    label's centroid. With ``groups`` (e.g. the source of each well) the replicates are the groups' centroids of a
+    label: only labels present in at least two groups count, and each group's centroid is pulled to the mean of
+    the label's group centroids. This aligns a compound across sources and leaves its spread within a source alone.
+    Unlike a contrastive loss it pushes no two labels apart (compounds of one mechanism may stay close). Zero, still
+    in the graph, when nothing repeats.
+
+    Parameters
+    ----------
+    embedding
+        Embeddings, ``(batch, dim)``.
+    labels
+        Integer label per sample, ``(batch,)``; negative labels (unlabelled wells) are ignored.
+    scale
+        Squared distance that counts as 1 (e.g. the mean squared norm of the embeddings of the training data).
+    groups
+        Integer group per sample, ``(batch,)``, or ``None``.
+
+    Returns
+    -------
+    Scalar float32 tensor.
+    """
+    if embedding.ndim != 2 or labels.shape != (embedding.shape[0],):
+        raise ValueError(
+            f"Expected `embedding` (batch, dim) and `labels` (batch,), got {tuple(embedding.shape)} and "
+            f"{tuple(labels.shape)}."
+        )
+    if groups is not None and groups.shape != labels.shape:
+        raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
+    labelled = labels >= 0
+    z, labels = embedding.float()[labelled], labels[labelled]
+    if groups is None:
+        return _spread_around_centroids(z, labels) / scale
+    _, cells, cell_sizes = torch.unique(
+        torch.stack([labels, groups[labelled]], dim=1), dim=0, return_inverse=True, return_counts=True
+    )
+    cell_centroids = z.new_zeros(len(cell_sizes), z.shape[1]).index_add(0, cells, z) / cell_sizes[:, None]
+    cell_labels = labels.new_empty(len(cell_sizes)).scatter_(0, cells, labels)
+    return _spread_around_centroids(cell_centroids, cell_labels) / scale
+
+
+def _spread_around_centroids(points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the points of repeated labels to their label's centroid (0 when none repeats)."""
+    _, codes, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    centroids = points.new_zeros(len(counts), points.shape[1]).index_add(0, codes, points) / counts[:, None]
+    repeated = (counts[codes] > 1).to(points.dtype)
+    squared_distance = (points - centroids[codes]).square().sum(dim=1)
+    return (squared_distance * repeated).sum() / repeated.sum().clamp_min(1)
+
+
+def similarity_structure_loss(embedding: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the cosine similarities of every pair of samples in two representations.
+
+    Keeps which samples are alike in ``reference`` (e.g. a PCA of the profiles, whose neighbourhoods hold the
+    biology) alike in ``embedding``, while another objective reshapes it; scale-free in both.
+
+    Parameters
+    ----------
+    embedding
+        Embeddings, ``(batch, dim)``.
+    reference
+        The reference representation of the same samples, ``(batch, dim_reference)``; no gradient flows into it.
+
+    Returns
+    -------
+    Scalar float32 tensor: the mean over ordered pairs ``i != j`` of ``(cos(e_i, e_j) - cos(r_i, r_j))^2``; zero for
+    a single sample.
+    """
+    if embedding.ndim != 2 or reference.ndim != 2 or embedding.shape[0] != reference.shape[0]:
+        raise ValueError(
+            f"Expected `embedding` and `reference` with one row per sample, got {tuple(embedding.shape)} and "
+            f"{tuple(reference.shape)}."
+        )
+    with torch.autocast(device_type=embedding.device.type, enabled=False):
+        z = F.normalize(embedding.float(), dim=1)
+        r = F.normalize(reference.detach().float(), dim=1)
+        difference = z @ z.T - r @ r.T
+    n = z.shape[0]
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    return difference.square().masked_select(off_diagonal).sum() / max(n * (n - 1), 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 from anndata import AnnData
@@ -17,6 +17,13 @@ logger = logging.getLogger(__name__)
 
 STAGES = (1, 2, 3)
 
+#: Architecture of each preset (``model_kwargs`` override it).
+PRESET_ARCHITECTURES: dict[str, dict[str, object]] = {
+    "contrastive": {"readout": "cls", "linear_path": False},
+    "anchored": {"readout": "mean", "linear_path": True},
+    "paper": {"readout": "cls", "linear_path": False},
+}
+
 
 def cellpaintr(
     adata: AnnData,
@@ -25,6 +32,7 @@ def cellpaintr(
     *,
     layer: str | None = None,
     unlabeled_category: str | None = None,
+    preset: Literal["auto", "contrastive", "anchored", "paper"] = "auto",
     model: CellPainTR | None = None,
     model_kwargs: dict | None = None,
     key_added: str = "X_cellpaintr",
@@ -51,6 +59,15 @@ def cellpaintr(
         Layer holding the features; ``None`` uses ``adata.X``.
     unlabeled_category
         Value of ``labels_key`` marking wells used in stage 1 only.
+    preset
+        ``"contrastive"``: the paper's three stages plus a term that keeps the neighbourhoods of a PCA of the profiles
+        while the contrastive loss aligns compounds across sources (:data:`~cpembed.model.CONTRASTIVE_STAGES`);
+        ``"anchored"``: an embedding that is the PCA projection plus a correction trained to align replicates, which
+        stays close to PCA (:data:`~cpembed.model.ANCHORED_STAGES`); ``"paper"``: the paper's CellPainTR
+        (:data:`~cpembed.model.PAPER_STAGES`). ``"auto"`` takes ``"contrastive"`` when at least two labels (the
+        controls and a compound, say) have wells in two or more sources, else ``"anchored"``: without compounds
+        shared across sources the contrastive stages can only separate compounds, which costs mechanism-of-action
+        structure. ``docs/concepts.md`` gives the measurements behind each choice.
     model
         A trained model to embed with instead of training one; its setup (keys, layer) is used, and wells of
         sources it does not know are embedded with its unknown-source token (with a warning).
@@ -78,10 +95,16 @@ def cellpaintr(
     if model is None:
         check_obs_keys(adata, batch_key, labels_key)
         check_layer(adata, layer)
+        if preset == "auto":
+            preset = auto_preset(adata, batch_key, labels_key, unlabeled_category)
+            logger.info("preset 'auto' chose %r", preset)
+        if preset not in PRESET_ARCHITECTURES:
+            raise ValueError(f"preset must be 'auto' or one of {sorted(PRESET_ARCHITECTURES)}, got {preset!r}.")
         model = CellPainTR(
-            training_view(adata, layer, batch_key, labels_key, unlabeled_category), **(model_kwargs or {})
+            training_view(adata, layer, batch_key, labels_key, unlabeled_category),
+            **{**PRESET_ARCHITECTURES[preset], **(model_kwargs or {})},
         )
-        model.train(**train_kwargs)
+        model.train(preset=preset, **train_kwargs)
     embeddings = {key_added: model.get_latent_representation(adata)}
     if stage_embeddings:
         for stage in STAGES:
@@ -89,9 +112,30 @@ def cellpaintr(
                 embeddings[f"{key_added}_stage{stage}"] = model.get_latent_representation(adata, stage=stage)
     adata = adata.copy() if copy else adata
     adata.obsm.update(embeddings)
-    adata.uns[key_added] = {"params": {**model.registry_["setup_args"], "stages": sorted(model.stage_states_)}}
+    architecture = {name: model.init_params_["non_kwargs"][name] for name in ("readout", "linear_path")}
+    params = {**model.registry_["setup_args"], **architecture, "stages": sorted(model.stage_states_)}
+    if model.training_preset_ is not None:
+        params["preset"] = model.training_preset_
+    adata.uns[key_added] = {"params": params}
     logger.info("added %s to adata.obsm and %r to adata.uns", ", ".join(map(repr, embeddings)), key_added)
     return adata if copy else None
+
+
+def auto_preset(
+    adata: AnnData, batch_key: str | None, labels_key: str | None, unlabeled_category: str | None
+) -> Literal["contrastive", "anchored"]:
+    """``"contrastive"`` when at least two labels have wells in two or more sources, else ``"anchored"``.
+
+    Contrastive training aligns sources through the labels they share; a single shared label (usually the negative
+    control) gives too little to align with, and then the PCA-anchored model is the safer choice.
+    """
+    if batch_key is None or labels_key is None:
+        return "anchored"
+    obs = adata.obs[[batch_key, labels_key]].astype(str)
+    if unlabeled_category is not None:
+        obs = obs[obs[labels_key] != str(unlabeled_category)]
+    sources_per_label = obs.groupby(labels_key)[batch_key].nunique()
+    return "contrastive" if int((sources_per_label >= 2).sum()) >= 2 else "anchored"
 
 
 def training_view(
