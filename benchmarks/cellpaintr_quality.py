@@ -1,26 +1,38 @@
-"""CellPainTR quality (the paper's Table 1 scores) against the baselines, and the training time of its stages.
+"""CellPainTR quality against the baselines, leak-free, on real data and on two independent simulator families.
 
-Scores CellPainTR(1), CellPainTR(2) and the final model against the preprocessed features (Baseline), ComBat,
-Harmony and sphering with :func:`cpembed.bm.benchmark`, on
+Data sets (each repeated per seed; the simulated studies are drawn anew for every seed):
 
-(a) the bundled BBBC021 (batch = imaging week, labels = compound, scored on MoA, plus NSC/NSCB 1-NN MoA accuracy
-    from :func:`cpembed.bm.moa_accuracy`), and
-(b) multi-source profiles from :func:`cpembed.datasets.simulate_profiles` (batch = source).
+- ``bbbc021``: the bundled real BBBC021 profiles (batch = imaging week; 38 compounds, 12 MoAs). BBBC021 NSC and NSCB
+  1-NN MoA accuracies are reported beside the benchmark scores.
+- ``profiles``: :func:`cpembed.datasets.simulate_profiles`, latent biology seen through source-specific loadings
+  and sinh-arcsinh bends (batch = source).
+- ``populations``: :func:`cpembed.datasets.simulate_cell_populations`, well means of cell-state mixtures whose
+  proportions compounds shift, measured through source-specific response curves (batch = source).
 
-One CellPainTR configuration (``MODEL`` and ``STAGES`` below) serves both data sets. It is smaller and trains
-with larger learning rates than the paper's JUMP settings, which are meant for millions of wells. The wall time
-of the three stages on BBBC021 is printed; the machine may be shared, so compare it with the CPU time printed
-beside it.
+Protocol (:func:`cpembed.bm.leak_free_split`): a third of the compounds of every MoA is held out. CellPainTR trains
+its label stages on the other compounds' labels (the held-out wells are unlabelled there), and every method, the
+baselines included, is scored on the held-out compounds plus the DMSO wells with the metrics of the CellPainTR
+paper's Table 1 (Batch, Bio, Overall); MoA is never a training label. ``--leaky`` adds the paper's protocol (all
+wells, compounds the model was trained on included), labelled as such.
 
-Run: ``python benchmarks/cellpaintr_quality.py`` (``--quick`` for a smoke run with fewer epochs and wells;
-``--seeds 0 1 2`` repeats everything per seed, the simulated data included, and adds the mean and standard deviation
-over seeds).
+Methods: PCA of the preprocessed profiles (Baseline), ComBat, Harmony, sphering, and CellPainTR after each stage in
+two settings: ``auto`` (cpembed's default: the ``contrastive`` preset where sources share compounds, the PCA-anchored
+``anchored`` preset where they do not) and ``paper`` (the paper's CLS embedding and supervised contrastive stages);
+``--settings`` adds the presets themselves and the ablations of ``VARIANTS``, each one change of a preset.
+``--size cpu`` is the README's CPU
+configuration, ``--size paper`` the paper's model (d_model 256, 4 blocks; wants a GPU).
+
+Run: ``python benchmarks/cellpaintr_quality.py --seeds 0 1 2`` (``--quick`` for a smoke run; ``--only`` one data set;
+``--jobs`` data set x seed runs in parallel processes; ``--out DIR`` writes every table as CSV).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,156 +41,224 @@ import torch
 from _seeds import summarise_seeds
 
 import cpembed as cpe
+from cpembed._report import CellPainTRSettings
 
-MODEL = {"d_model": 64, "n_layers": 2, "d_mlp": 128, "filter_width": 16}
-STAGES = {
-    "stage1": {"max_epochs": 4, "batch_size": 32, "lr": 1e-3},
-    "stage2": {"max_epochs": 4, "batch_size": 32, "lr": 2e-4, "warmup_epochs": 1},
-    "stage3": {"max_epochs": 4, "batch_size": 64, "lr": 2e-4},
+#: Model size and stage schedules: the README's CPU configuration (the one ``cpembed run`` trains) and the paper's
+#: model with the preset's own schedule.
+SIZES = {
+    "cpu": (CellPainTRSettings().model_kwargs(), CellPainTRSettings().train_kwargs()),
+    "paper": ({"d_model": 256, "n_layers": 4}, {}),
 }
-QUICK_STAGES = {name: {**settings, "max_epochs": 1, "warmup_epochs": 0} for name, settings in STAGES.items()}
-TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False}
-SHOWN = ["batch_score", "bio_score", "overall_score", "graph_connectivity", "silhouette_batch", "map_control"]
-METHODS = {
-    "X": "Baseline",
-    "X_combat": "ComBat",
-    "X_harmony": "Harmony",
-    "X_sphering": "Sphering",
-    "X_cellpaintr_stage1": "CellPainTR(1)",
-    "X_cellpaintr_stage2": "CellPainTR(2)",
-    "X_cellpaintr": "CellPainTR",
+#: CellPainTR settings: a preset, then changes of the architecture and of stages 2-3. "auto" is what
+#: cpe.tl.cellpaintr does by default ("contrastive" where sources share compounds, else "anchored"); the settings
+#: with a comma change one thing of a preset (the ablations behind the defaults).
+VARIANTS = {
+    "auto": ("auto", {}, {}),
+    "paper": ("paper", {}, {}),
+    "contrastive": ("contrastive", {}, {}),
+    "anchored": ("anchored", {}, {}),
+    "contrastive, structure 10": ("contrastive", {}, {"structure_weight": 10.0}),
+    "paper, mean read-out": ("paper", {"readout": "mean"}, {}),
+    "anchored, SupCon": ("anchored", {}, {"objective": "supcon"}),
+    "anchored, CLS read-out": ("anchored", {"readout": "cls"}, {}),
+    "anchored, align wells": ("anchored", {}, {"alignment": "wells"}),
 }
+SHOWN = ["batch_score", "bio_score", "overall_score"]
+TABLE1_METRICS = [*cpe.bm.CELLPAINTR_SCORES.batch_metrics, *cpe.bm.CELLPAINTR_SCORES.bio_metrics]
+BASELINES = {"X_pca": "Baseline (PCA)", "X_combat": "ComBat", "X_harmony": "Harmony", "X_sphering": "Sphering"}
+STAGE_NAMES = {1: "(1)", 2: "(2)", 3: ""}
+SIMULATION = {
+    "n_sources": 5, "n_batches_per_source": 1, "n_plates_per_batch": 2, "plate_format": 96, "n_compounds": 100,
+    "n_moas": 10, "n_features": 300, "shared_compound_fraction": 0.5,
+}  # fmt: skip
+QUICK_SIMULATION = {**SIMULATION, "n_sources": 3, "n_plates_per_batch": 1, "n_compounds": 40, "n_moas": 5}
 
 
-def preprocess(adata: sc.AnnData) -> sc.AnnData:
-    """The paper's model-side preprocessing, with cpembed.pp: per-plate robust MAD to DMSO, then clipping."""
+def load(name: str, seed: int, quick: bool) -> tuple[sc.AnnData, str]:
+    """A data set, preprocessed as the paper does (per-plate robust MAD to DMSO, clipping), and its batch key."""
+    if name == "bbbc021":
+        adata, batch_key = cpe.datasets.bbbc021(), "Metadata_Batch"
+    else:
+        simulate = {"profiles": cpe.datasets.simulate_profiles, "populations": cpe.datasets.simulate_cell_populations}
+        adata = simulate[name](**(QUICK_SIMULATION if quick else SIMULATION), seed=seed)
+        adata.obs["Metadata_Concentration"] = 1.0
+        batch_key = "Metadata_Source"
     cpe.pp.drop_nonfinite(adata)
     cpe.pp.control_variation_filter(adata, "Metadata_Plate", "Metadata_is_negcon")
     cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon")
     cpe.pp.clip_quantiles(adata)
-    return adata
+    return adata, batch_key
 
 
 def add_baselines(adata: sc.AnnData, batch_key: str) -> None:
-    cpe.tl.combat(adata, batch_key)
     adata.obsm["X_pca"] = sc.pp.pca(np.asarray(adata.X, dtype=np.float32), n_comps=min(50, adata.n_vars - 1))
+    cpe.tl.combat(adata, batch_key)
     cpe.tl.harmony(adata, batch_key)
     cpe.tl.sphering(adata, "Metadata_is_negcon", method="PCA")
 
 
-def add_cellpaintr(adata: sc.AnnData, batch_key: str, stages: dict, seed: int) -> dict[str, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
+def add_cellpaintr(
+    adata: sc.AnnData, batch_key: str, setting: str, size: str, seed: int, quick: bool, accelerator: str
+) -> float:
+    """Train CellPainTR in one setting on the split's training labels; write its stage embeddings; the seconds."""
+    model_kwargs, stages = SIZES[size]
+    preset, architecture, stage_changes = VARIANTS[setting]
+    if quick:
+        stages = {f"stage{stage}": {"max_epochs": 1, "warmup_epochs": 0} for stage in (1, 2, 3)}
+    stages = {
+        f"stage{stage}": {**stages.get(f"stage{stage}", {}), **(stage_changes if stage > 1 else {})}
+        for stage in (1, 2, 3)
+    }
+    start = time.perf_counter()
     cpe.tl.cellpaintr(
         adata,
         batch_key,
-        "Metadata_Compound",
-        model_kwargs={**MODEL, "seed": seed},
+        "train_label",
+        unlabeled_category="unlabeled",
+        preset=preset,
+        model_kwargs={**model_kwargs, **architecture, "seed": seed},
+        key_added=_key(setting),
         stage_embeddings=True,
         seed=seed,
+        accelerator=accelerator,
+        enable_progress_bar=False,
+        logger=False,
         **stages,
-        **TRAINER,
     )
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    return time.perf_counter() - start
 
 
-def score(adata: sc.AnnData, batch_key: str) -> pd.DataFrame:
+def _key(setting: str) -> str:
+    return "X_cellpaintr_" + "".join(character if character.isalnum() else "_" for character in setting)
+
+
+def method_names(settings: list[str]) -> dict[str, str]:
+    names = dict(BASELINES)
+    for setting in settings:
+        for stage, suffix in STAGE_NAMES.items():
+            key = _key(setting) + (f"_stage{stage}" if stage < 3 else "")
+            names[key] = f"CellPainTR{suffix} [{setting}]"
+    return names
+
+
+def score(adata: sc.AnnData, batch_key: str, methods: dict[str, str], wells: np.ndarray | None) -> pd.DataFrame:
+    """Table 1 scores; ``wells`` given: the leak-free protocol (those wells, controls kept), else the paper's."""
     table = cpe.bm.benchmark(
         adata,
-        list(METHODS),
+        list(methods),
         batch_key=batch_key,
         label_key="Metadata_moa",
         perturbation_key="Metadata_Compound",
         plate_key="Metadata_Plate",
         control_key="Metadata_is_negcon",
         well_key="Metadata_Well",
+        wells=wells,
+        exclude_controls=wells is None,
+        metrics=TABLE1_METRICS,
         progress=False,
     )
-    return table.rename(index=METHODS)
+    return table.rename(index=methods)[SHOWN]
 
 
-def nsc_nscb(adata: sc.AnnData, matrix: np.ndarray) -> dict[str, float]:
-    """BBBC021's NSC and NSCB MoA accuracies of ``matrix`` (rows = the wells of ``adata``), batch = week."""
+def nsc_nscb(adata: sc.AnnData, methods: dict[str, str], heldout: list[str]) -> pd.DataFrame:
+    """BBBC021 NSC / NSCB MoA accuracy of the held-out compounds' treatments (neighbours: all other compounds)."""
     obs = adata.obs
-    result = cpe.bm.moa_accuracy(
-        matrix,
-        obs["Metadata_Compound"].to_numpy(),
-        obs["Metadata_Concentration"].to_numpy(),
-        moa=obs["Metadata_moa"].to_numpy(),
-        batch=obs["Metadata_Batch"].to_numpy(),
-        is_control=obs["Metadata_is_negcon"].to_numpy(),
+    rows = {}
+    for key, name in methods.items():
+        result = cpe.bm.moa_accuracy(
+            np.asarray(adata.obsm[key]),
+            obs["Metadata_Compound"].to_numpy(),
+            obs["Metadata_Concentration"].to_numpy(),
+            moa=obs["Metadata_moa"].to_numpy(),
+            batch=obs["Metadata_Batch"].to_numpy(),
+            is_control=obs["Metadata_is_negcon"].to_numpy(),
+        )
+        queries = result.per_treatment[result.per_treatment["compound"].isin(heldout)]
+        rows[name] = {"NSC": queries["nsc_correct"].mean(), "NSCB": queries["nscb_correct"].mean()}
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float)
+
+
+def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """Every method on one data set and seed: the leak-free table (and the paper's protocol with ``--leaky``).
+
+    The baselines are scored first, then each CellPainTR setting as soon as it is trained; with ``--out`` the tables
+    are written after each, so an interrupted sweep keeps what it finished.
+    """
+    torch.set_num_threads(args.threads)
+    adata, batch_key = load(name, seed, args.quick)
+    split = cpe.bm.leak_free_split(
+        adata, "Metadata_Compound", "Metadata_is_negcon", stratify_key="Metadata_moa", seed=seed
     )
-    return {"NSC": result.nsc, "NSCB": result.nscb}
+    adata.obs["train_label"] = split.train_labels
+    add_baselines(adata, batch_key)
+    protocols = {"leak-free": split.scored, **({"paper protocol (leaky)": None} if args.leaky else {})}
+    tables = {protocol: [] for protocol in protocols}
+    for setting in [None, *args.settings]:
+        methods = dict(BASELINES)
+        if setting is not None:
+            wall = add_cellpaintr(adata, batch_key, setting, args.size, seed, args.quick, args.accelerator)
+            methods = method_names([setting])
+            methods = {key: label for key, label in methods.items() if key not in BASELINES}
+        for protocol, wells in protocols.items():
+            table = score(adata, batch_key, methods, wells)
+            if name == "bbbc021":
+                table = table.join(nsc_nscb(adata, methods, split.heldout))
+            if setting is not None:
+                table.loc[f"CellPainTR [{setting}]", "train_s"] = wall
+            tables[protocol].append(table)
+            if args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)
+                slug = "leaky" if wells is None else "leakfree"
+                pd.concat(tables[protocol]).to_csv(args.out / f"{name}_{args.size}_{slug}_seed{seed}.csv")
+    tables = {protocol: pd.concat(parts) for protocol, parts in tables.items()}
+    held = len(split.heldout)
+    print(f"\n{name}, seed {seed}: {adata.n_obs} wells x {adata.n_vars} features, {held} compounds held out")
+    print(tables["leak-free"].round(3).to_string())
+    return tables
 
 
-def moa_scores(adata: sc.AnnData) -> pd.DataFrame:
-    rows = {
-        name: nsc_nscb(adata, np.asarray(adata.X if key == "X" else adata.obsm[key])) for key, name in METHODS.items()
+def targets(name: str, setting: str) -> dict:
+    model = f"CellPainTR [{setting}]"
+    if name == "bbbc021":
+        return {
+            f"overall({model}) >= overall(PCA)": lambda t: (
+                t.loc[model, "overall_score"] >= t.loc[BASELINES["X_pca"], "overall_score"]
+            ),
+            f"NSCB({model}) >= NSCB(PCA)": lambda t: t.loc[model, "NSCB"] >= t.loc[BASELINES["X_pca"], "NSCB"],
+        }
+    return {
+        f"overall({model}) > overall(Harmony)": lambda t: (
+            t.loc[model, "overall_score"] > t.loc["Harmony", "overall_score"]
+        ),
+        f"batch({model}) >= batch(Harmony)": lambda t: t.loc[model, "batch_score"] >= t.loc["Harmony", "batch_score"],
     }
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def bbbc021(stages: dict, seed: int) -> pd.DataFrame:
-    adata = preprocess(cpe.datasets.bbbc021())
-    add_baselines(adata, "Metadata_Batch")
-    timing = add_cellpaintr(adata, "Metadata_Batch", stages, seed)
-    print(f"\n(a) BBBC021, seed {seed}: {adata.n_obs} wells x {adata.n_vars} features, batch = week, labels = compound")
-    print(
-        f"three CellPainTR stages incl. embedding: {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU "
-        f"({torch.get_num_threads()} threads; target < 120 s on a 2-core CPU)"
-    )
-    table = score(adata, "Metadata_Batch").join(moa_scores(adata))[[*SHOWN, "NSC", "NSCB"]]
-    print(table.round(3).to_string())
-    return table
-
-
-def simulated(stages: dict, n_plates_per_batch: int, seed: int) -> pd.DataFrame:
-    adata = cpe.datasets.simulate_profiles(
-        n_sources=4, n_batches_per_source=1, n_plates_per_batch=n_plates_per_batch, plate_format=96,
-        n_compounds=60, n_moas=8, n_features=300, seed=seed,
-    )  # fmt: skip
-    adata = preprocess(adata)
-    add_baselines(adata, "Metadata_Source")
-    timing = add_cellpaintr(adata, "Metadata_Source", stages, seed)
-    print(
-        f"\n(b) simulated, seed {seed}: {adata.n_obs} wells x {adata.n_vars} features, batch = source, "
-        "labels = compound"
-    )
-    print(f"three CellPainTR stages incl. embedding: {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU")
-    table = score(adata, "Metadata_Source")[SHOWN]
-    print(table.round(3).to_string())
-    return table
-
-
-TARGETS = {
-    "bbbc021": {
-        "NSCB(CellPainTR) >= NSCB(Baseline)": lambda t: t.loc["CellPainTR", "NSCB"] >= t.loc["Baseline", "NSCB"],
-    },
-    "simulated": {
-        "overall(CellPainTR) > overall(Harmony)": (
-            lambda t: t.loc["CellPainTR", "overall_score"] > t.loc["Harmony", "overall_score"]
-        ),
-        "batch(CellPainTR) >= batch(Harmony)": (
-            lambda t: t.loc["CellPainTR", "batch_score"] >= t.loc["Harmony", "batch_score"]
-        ),
-    },
-}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one epoch per stage and fewer simulated plates")
-    parser.add_argument("--only", choices=["bbbc021", "simulated"], help="run one data set")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="one run per seed (networks, sampling, simulated data)"
-    )
+    parser.add_argument("--quick", action="store_true", help="one epoch per stage and small simulated studies")
+    parser.add_argument("--only", nargs="+", choices=["bbbc021", "profiles", "populations"], help="data sets to run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    parser.add_argument("--size", choices=list(SIZES), default="cpu", help="CellPainTR size and schedule")
+    parser.add_argument("--settings", nargs="+", choices=list(VARIANTS), default=["auto", "paper"])
+    parser.add_argument("--leaky", action="store_true", help="also score with the paper's (leaky) protocol")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of CellPainTR")
+    parser.add_argument("--jobs", type=int, default=1, help="data set x seed runs in parallel processes")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
+    parser.add_argument("--out", type=Path, help="folder for the tables as CSV")
     args = parser.parse_args()
-    stages = QUICK_STAGES if args.quick else STAGES
-    if args.only in (None, "bbbc021"):
-        summarise_seeds({seed: bbbc021(stages, seed) for seed in args.seeds}, TARGETS["bbbc021"], "(bbbc021)")
-    if args.only in (None, "simulated"):
-        n_plates = 1 if args.quick else 2
-        tables = {seed: simulated(stages, n_plates, seed) for seed in args.seeds}
-        summarise_seeds(tables, TARGETS["simulated"], "(simulated)")
+    names = args.only or ["bbbc021", "profiles", "populations"]
+    runs = [(name, seed) for name in names for seed in args.seeds]
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {key: pool.submit(run, *key, args) for key in runs}
+        results = {key: future.result() for key, future in futures.items()}
+    for name in names:
+        for protocol in results[runs[0]]:
+            tables = {seed: results[(name, seed)][protocol] for seed in args.seeds}
+            checks = {}
+            for setting in [setting for setting in ("auto", "paper") if setting in args.settings]:
+                checks.update(targets(name, setting))
+            summarise_seeds(tables, checks, f"({name}, {args.size} size, {protocol})")
 
 
 if __name__ == "__main__":

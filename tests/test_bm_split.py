@@ -50,7 +50,8 @@ def test_every_moa_with_several_compounds_keeps_both_kinds(bbbc021):
     for compounds in per_moa:
         if len(compounds) > 1:
             held = np.isin(compounds.astype(str), split.heldout)
-            assert held.any() and not held.all()
+            assert held.any()
+            assert not held.all()
 
 
 def test_split_depends_on_the_seed_only(bbbc021):

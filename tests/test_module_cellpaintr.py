@@ -520,7 +520,8 @@ def test_alignment_across_sources_ignores_spread_within_a_source():
     unique = torch.arange(4)
     loss = replicate_alignment_loss(embedding, unique, 1.0)  # no label repeats: zero, still in the graph
     loss.backward()
-    assert float(loss) == 0.0 and embedding.grad is not None
+    assert float(loss) == 0.0
+    assert embedding.grad is not None
 
 
 def test_linear_path_starts_as_the_pca_projection():

@@ -62,7 +62,8 @@ def test_writes_final_and_stage_embeddings_and_params(profiles, embedded):
     assert params["stages"] == [1, 2, 3]
     # no compound of BBBC021 was imaged in two weeks: "auto" takes the PCA-anchored model
     assert params["preset"] == "anchored"
-    assert params["linear_path"] and params["readout"] == "mean"
+    assert params["linear_path"]
+    assert params["readout"] == "mean"
 
 
 def test_auto_preset_follows_labels_shared_across_sources(profiles):

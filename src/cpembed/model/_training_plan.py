@@ -22,7 +22,8 @@ from cpembed.module import (
 class StageConfig:
     """Settings of one training stage.
 
-    Defaults are those of the paper (Appendix A.2-A.4) where it states them; see :data:`DEFAULT_STAGES`.
+    Defaults are those of the paper (Appendix A.2-A.4) where it states them; see :data:`PAPER_STAGES` and
+    :data:`PRESET_STAGES`.
 
     Parameters
     ----------
