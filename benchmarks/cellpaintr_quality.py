@@ -74,13 +74,17 @@ SIMULATION = {
 QUICK_SIMULATION = {**SIMULATION, "n_sources": 3, "n_plates_per_batch": 1, "n_compounds": 40, "n_moas": 5}
 
 
-def load(name: str, seed: int, quick: bool) -> tuple[sc.AnnData, str]:
-    """A data set, preprocessed as the paper does (per-plate robust MAD to DMSO, clipping), and its batch key."""
+def load(name: str, seed: int, quick: bool, plates: int = SIMULATION["n_plates_per_batch"]) -> tuple[sc.AnnData, str]:
+    """A data set, preprocessed as the paper does (per-plate robust MAD to DMSO, clipping), and its batch key.
+
+    ``plates``: plates per source of the simulated studies (96 wells each).
+    """
     if name == "bbbc021":
         adata, batch_key = cpe.datasets.bbbc021(), "Metadata_Batch"
     else:
         simulate = {"profiles": cpe.datasets.simulate_profiles, "populations": cpe.datasets.simulate_cell_populations}
-        adata = simulate[name](**(QUICK_SIMULATION if quick else SIMULATION), seed=seed)
+        design = QUICK_SIMULATION if quick else {**SIMULATION, "n_plates_per_batch": plates}
+        adata = simulate[name](**design, seed=seed)
         adata.obs["Metadata_Concentration"] = 1.0
         batch_key = "Metadata_Source"
     cpe.pp.drop_nonfinite(adata)
@@ -185,7 +189,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, pd.DataFram
     are written after each, so an interrupted sweep keeps what it finished.
     """
     torch.set_num_threads(args.threads)
-    adata, batch_key = load(name, seed, args.quick)
+    adata, batch_key = load(name, seed, args.quick, args.plates)
     split = cpe.bm.leak_free_split(
         adata, "Metadata_Compound", "Metadata_is_negcon", stratify_key="Metadata_moa", seed=seed
     )
@@ -245,6 +249,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of CellPainTR")
     parser.add_argument("--jobs", type=int, default=1, help="data set x seed runs in parallel processes")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
+    parser.add_argument("--plates", type=int, default=SIMULATION["n_plates_per_batch"], help="plates per source")
     parser.add_argument("--out", type=Path, help="folder for the tables as CSV")
     args = parser.parse_args()
     names = args.only or ["bbbc021", "profiles", "populations"]

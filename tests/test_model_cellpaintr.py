@@ -248,6 +248,30 @@ def test_contrastive_stages_need_labels(profiles):
         StageConfig(max_epochs=1, batch_size=8, lr=1e-3, mask_ratio=(0.5, 0.2))
 
 
+def test_presets_train_what_they_name(profiles):
+    """The anchored preset moves the embedding away from its PCA start only through the correction, and needs the
+    linear path; the paper preset trains no structure term; unknown presets and settings are refused."""
+    adata = _setup(profiles)
+    anchored = CellPainTR(adata, **TINY, readout="mean", linear_path=True)
+    start = anchored.module.embed(torch.as_tensor(adata.X[:8]), torch.zeros(8, dtype=torch.long)).detach()
+    np.testing.assert_allclose(start.numpy(), anchored.module.project(torch.as_tensor(adata.X[:8])).numpy(), atol=1e-5)
+    anchored.train(**STAGES, preset="anchored", seed=0, **QUIET)
+    history = anchored.history["stage3"]
+    assert {"align", "correction"} <= set(history.columns)
+    assert "supcon" not in history
+    assert anchored.training_preset_ == "anchored"
+    paper = CellPainTR(adata, **TINY)
+    paper.train(**STAGES, stages=(1, 2), preset="paper", seed=0, **QUIET)
+    assert "structure" not in paper.history["stage2"]
+    assert "supcon" in paper.history["stage2"]
+    with pytest.raises(ValueError, match="linear path"):
+        CellPainTR(adata, **TINY).train(preset="anchored", **QUIET)
+    with pytest.raises(ValueError, match="preset"):
+        paper.train(preset="best", **QUIET)
+    with pytest.raises(ValueError, match="alignment"):
+        StageConfig(max_epochs=1, batch_size=8, lr=1e-3, alignment="plates")
+
+
 def test_unlabeled_wells_stay_out_of_contrastive_batches(profiles):
     adata = profiles.copy()
     adata.obs["label"] = adata.obs["Metadata_Compound"].astype(str).where(~adata.obs["Metadata_is_negcon"], "unknown")
