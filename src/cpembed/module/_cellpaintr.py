@@ -6,6 +6,11 @@ with residual blocks ``x + Hyena(LN(x))`` and ``x + MLP(LN(x))`` (see :mod:`._hy
 embedding of a profile is the final LayerNorm output at the CLS position (256-d, no projection head); a
 masked-regression head ``Linear -> GELU -> LayerNorm -> Linear`` predicts every feature's value from its position.
 
+Beyond the paper: the read-out may be the mean over the feature positions (``readout="mean"``), and the network
+holds a fixed linear projection of the profiles (a PCA, :meth:`CellPainTRModule.set_projection`) that training
+losses compare with; with ``linear_path=True`` the embedding is that projection plus a learned correction of the
+read-out, which starts at zero.
+
 Defaults are the reference configuration: ``d_model`` 256, 4 blocks, MLP width 1024 with tanh-approximated GELU,
 LayerNorm eps 1e-5, dropout 0.1 on the input tokens and none inside the blocks, weights drawn from N(0, 0.02) with
 the residual output projections scaled by ``1 / sqrt(2 * n_layers)`` (GPT-2's scheme, used by Hyena's language
