@@ -38,12 +38,10 @@ from scipy.linalg import expm
 from scipy.special import expit, softmax
 from tqdm.auto import tqdm
 
-from cpembed.io import parse_feature_names
-
-from ._plate_layout import DEFAULT_NEGCON_WELLS, DEFAULT_POSCON_WELLS, PlateGeometry, plate_geometry
+from ._plate_layout import PlateGeometry
 from ._profile_model import _feature_codes, _insert_nonfinite, _unit_rows
-from ._simulate_profiles import _DESIGN_STREAM, _check_arguments, _feature_names, _fill_in_memory
-from ._study_design import StudyDesign, make_study_design
+from ._simulate_profiles import _fill_in_memory, laid_out_study
+from ._study_design import StudyDesign
 
 # Random streams of the model and of the plates, apart from those of simulate_profiles; the design stream is
 # shared, so that both simulators lay out the same study for the same seed.
@@ -496,9 +494,8 @@ def simulate_cell_populations(
     >>> adata.shape
     (1536, 50)
     """
-    geometry = plate_geometry(plate_format)
-    n_negcon = DEFAULT_NEGCON_WELLS[plate_format] if n_negcon_per_plate is None else n_negcon_per_plate
-    n_poscon = DEFAULT_POSCON_WELLS[plate_format] if n_poscon_per_plate is None else n_poscon_per_plate
+    if n_states < 2:
+        raise ValueError(f"n_states must be at least 2, got {n_states}.")
     scales = {
         "effect_size": effect_size,
         "compound_deviation": compound_deviation,
@@ -506,35 +503,23 @@ def simulate_cell_populations(
         "batch_effect": batch_effect,
         "position_effect": position_effect,
     }
-    if n_states < 2:
-        raise ValueError(f"n_states must be at least 2, got {n_states}.")
-    _check_arguments(
+    study = laid_out_study(
         n_sources=n_sources,
         n_batches_per_source=n_batches_per_source,
         n_plates_per_batch=n_plates_per_batch,
-        n_wells=geometry.n_wells,
+        plate_format=plate_format,
         n_compounds=n_compounds,
         n_moas=n_moas,
-        n_negcon_per_plate=n_negcon,
-        n_poscon_per_plate=n_poscon,
-        n_latent=n_latent,
+        n_features=n_features,
+        n_negcon_per_plate=n_negcon_per_plate,
+        n_poscon_per_plate=n_poscon_per_plate,
         shared_compound_fraction=shared_compound_fraction,
+        n_latent=n_latent,
         nonfinite_fraction=nonfinite_fraction,
         scales=scales,
+        seed=seed,
     )
-    var = parse_feature_names(_feature_names(n_features))
-    design = make_study_design(
-        n_sources=n_sources,
-        n_batches_per_source=n_batches_per_source,
-        n_plates_per_batch=n_plates_per_batch,
-        geometry=geometry,
-        n_compounds=n_compounds,
-        n_moas=n_moas,
-        n_negcon_per_plate=n_negcon,
-        n_poscon_per_plate=n_poscon,
-        shared_compound_fraction=shared_compound_fraction,
-        rng=np.random.default_rng([seed, _DESIGN_STREAM]),
-    )
+    var, design = study.var, study.design
     model = make_population_model(
         var,
         design,
@@ -547,23 +532,7 @@ def simulate_cell_populations(
         position_effect=position_effect,
         rng=np.random.default_rng([seed, _MODEL_STREAM]),
     )
-    params = {
-        "n_sources": n_sources,
-        "n_batches_per_source": n_batches_per_source,
-        "n_plates_per_batch": n_plates_per_batch,
-        "plate_format": plate_format,
-        "n_compounds": n_compounds,
-        "n_moas": n_moas,
-        "n_features": len(var),
-        "n_negcon_per_plate": n_negcon,
-        "n_poscon_per_plate": n_poscon,
-        "shared_compound_fraction": shared_compound_fraction,
-        "n_states": n_states,
-        "n_latent": n_latent,
-        "nonfinite_fraction": nonfinite_fraction,
-        "seed": seed,
-        **scales,
-    }
+    params = {**study.params, "n_states": n_states}
     adata = AnnData(obs=design.obs(), var=var, uns={"simulate_cell_populations": {"params": params}})
     _fill_in_memory(adata, _plates(model, design, nonfinite_fraction, seed), n_latent)
     return adata

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from tqdm.auto import tqdm
 
@@ -78,6 +80,85 @@ def _feature_names(n_features: int | Sequence[str]) -> list[str]:
     if not names or len(set(names)) != len(names):
         raise ValueError("n_features given as names must be a non-empty list of unique CellProfiler feature names.")
     return names
+
+
+@dataclass(frozen=True)
+class LaidOutStudy:
+    """The checked layout of a simulated study, shared by the simulator families."""
+
+    var: pd.DataFrame
+    design: StudyDesign
+    params: dict[str, object]
+
+
+def laid_out_study(
+    *,
+    n_sources: int,
+    n_batches_per_source: int,
+    n_plates_per_batch: int,
+    plate_format: int,
+    n_compounds: int,
+    n_moas: int,
+    n_features: int | Sequence[str],
+    n_negcon_per_plate: int | None,
+    n_poscon_per_plate: int | None,
+    shared_compound_fraction: float,
+    n_latent: int,
+    nonfinite_fraction: float,
+    scales: dict[str, float],
+    seed: int,
+) -> LaidOutStudy:
+    """Check the arguments, name the features and lay out the study (the design stream of ``seed``).
+
+    ``params`` records the arguments as the simulators write them to ``.uns`` (the control-well counts resolved).
+    """
+    geometry = plate_geometry(plate_format)
+    n_negcon = DEFAULT_NEGCON_WELLS[plate_format] if n_negcon_per_plate is None else n_negcon_per_plate
+    n_poscon = DEFAULT_POSCON_WELLS[plate_format] if n_poscon_per_plate is None else n_poscon_per_plate
+    _check_arguments(
+        n_sources=n_sources,
+        n_batches_per_source=n_batches_per_source,
+        n_plates_per_batch=n_plates_per_batch,
+        n_wells=geometry.n_wells,
+        n_compounds=n_compounds,
+        n_moas=n_moas,
+        n_negcon_per_plate=n_negcon,
+        n_poscon_per_plate=n_poscon,
+        n_latent=n_latent,
+        shared_compound_fraction=shared_compound_fraction,
+        nonfinite_fraction=nonfinite_fraction,
+        scales=scales,
+    )
+    var = parse_feature_names(_feature_names(n_features))
+    design = make_study_design(
+        n_sources=n_sources,
+        n_batches_per_source=n_batches_per_source,
+        n_plates_per_batch=n_plates_per_batch,
+        geometry=geometry,
+        n_compounds=n_compounds,
+        n_moas=n_moas,
+        n_negcon_per_plate=n_negcon,
+        n_poscon_per_plate=n_poscon,
+        shared_compound_fraction=shared_compound_fraction,
+        rng=np.random.default_rng([seed, _DESIGN_STREAM]),
+    )
+    params = {
+        "n_sources": n_sources,
+        "n_batches_per_source": n_batches_per_source,
+        "n_plates_per_batch": n_plates_per_batch,
+        "plate_format": plate_format,
+        "n_compounds": n_compounds,
+        "n_moas": n_moas,
+        "n_features": len(var),
+        "n_negcon_per_plate": n_negcon,
+        "n_poscon_per_plate": n_poscon,
+        "shared_compound_fraction": shared_compound_fraction,
+        "n_latent": n_latent,
+        "nonfinite_fraction": nonfinite_fraction,
+        "seed": seed,
+        **scales,
+    }
+    return LaidOutStudy(var=var, design=design, params=params)
 
 
 def _plates(
@@ -275,43 +356,29 @@ def simulate_profiles(
     >>> adata.shape
     (1536, 50)
     """
-    geometry = plate_geometry(plate_format)
-    n_negcon = DEFAULT_NEGCON_WELLS[plate_format] if n_negcon_per_plate is None else n_negcon_per_plate
-    n_poscon = DEFAULT_POSCON_WELLS[plate_format] if n_poscon_per_plate is None else n_poscon_per_plate
-    scales = {
-        "effect_size": effect_size,
-        "compound_deviation": compound_deviation,
-        "source_effect": source_effect,
-        "batch_effect": batch_effect,
-        "position_effect": position_effect,
-    }
-    _check_arguments(
+    study = laid_out_study(
         n_sources=n_sources,
         n_batches_per_source=n_batches_per_source,
         n_plates_per_batch=n_plates_per_batch,
-        n_wells=geometry.n_wells,
+        plate_format=plate_format,
         n_compounds=n_compounds,
         n_moas=n_moas,
-        n_negcon_per_plate=n_negcon,
-        n_poscon_per_plate=n_poscon,
+        n_features=n_features,
+        n_negcon_per_plate=n_negcon_per_plate,
+        n_poscon_per_plate=n_poscon_per_plate,
+        shared_compound_fraction=shared_compound_fraction,
         n_latent=n_latent,
-        shared_compound_fraction=shared_compound_fraction,
         nonfinite_fraction=nonfinite_fraction,
-        scales=scales,
+        scales={
+            "effect_size": effect_size,
+            "compound_deviation": compound_deviation,
+            "source_effect": source_effect,
+            "batch_effect": batch_effect,
+            "position_effect": position_effect,
+        },
+        seed=seed,
     )
-    var = parse_feature_names(_feature_names(n_features))
-    design = make_study_design(
-        n_sources=n_sources,
-        n_batches_per_source=n_batches_per_source,
-        n_plates_per_batch=n_plates_per_batch,
-        geometry=geometry,
-        n_compounds=n_compounds,
-        n_moas=n_moas,
-        n_negcon_per_plate=n_negcon,
-        n_poscon_per_plate=n_poscon,
-        shared_compound_fraction=shared_compound_fraction,
-        rng=np.random.default_rng([seed, _DESIGN_STREAM]),
-    )
+    var, design = study.var, study.design
     model = make_profile_model(
         var,
         design,
@@ -323,26 +390,10 @@ def simulate_profiles(
         position_effect=position_effect,
         rng=np.random.default_rng([seed, _MODEL_STREAM]),
     )
-    params = {
-        "n_sources": n_sources,
-        "n_batches_per_source": n_batches_per_source,
-        "n_plates_per_batch": n_plates_per_batch,
-        "plate_format": plate_format,
-        "n_compounds": n_compounds,
-        "n_moas": n_moas,
-        "n_features": len(var),
-        "n_negcon_per_plate": n_negcon,
-        "n_poscon_per_plate": n_poscon,
-        "shared_compound_fraction": shared_compound_fraction,
-        "n_latent": n_latent,
-        "nonfinite_fraction": nonfinite_fraction,
-        "seed": seed,
-        **scales,
-    }
-    adata = AnnData(obs=design.obs(), var=var, uns={"simulate_profiles": {"params": params}})
+    adata = AnnData(obs=design.obs(), var=var, uns={"simulate_profiles": {"params": study.params}})
     plates = _plates(model, design, nonfinite_fraction, seed)
     if path is not None:
-        rows_per_chunk = max(1, chunk_size // geometry.n_wells) * geometry.n_wells
+        rows_per_chunk = max(1, chunk_size // design.geometry.n_wells) * design.geometry.n_wells
         _write_h5ad(Path(path), adata, plates, n_latent, min(rows_per_chunk, adata.n_obs))
         return ad.read_h5ad(path, backed="r")
     _fill_in_memory(adata, plates, n_latent)
