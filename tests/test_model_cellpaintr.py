@@ -272,6 +272,13 @@ def test_presets_train_what_they_name(profiles):
         StageConfig(max_epochs=1, batch_size=8, lr=1e-3, alignment="plates")
 
 
+def test_profiles_without_variation_are_refused(profiles):
+    adata = profiles[:20].copy()
+    adata.X[:] = np.nan  # read as 0 by the model: nothing varies
+    with pytest.raises(ValueError, match="do not vary"):
+        CellPainTR(_setup(adata), **TINY)
+
+
 def test_unlabeled_wells_stay_out_of_contrastive_batches(profiles):
     adata = profiles.copy()
     adata.obs["label"] = adata.obs["Metadata_Compound"].astype(str).where(~adata.obs["Metadata_is_negcon"], "unknown")

@@ -622,7 +622,13 @@ def _pca_projection(matrix, n_components: int, seed: int) -> tuple[np.ndarray, n
     if n_components < 1:
         raise ValueError("The linear path needs at least two wells to fit its PCA.")
     pca = PCA(n_components=n_components, random_state=seed).fit(sample)
-    return pca.mean_, pca.components_.T, float(pca.explained_variance_.sum())
+    variance = float(pca.explained_variance_.sum())
+    if not variance > 0:
+        raise ValueError(
+            "The training profiles do not vary (every value is the same, or non-finite and read as 0): there is "
+            "nothing to embed. Check the preprocessing of adata."
+        )
+    return pca.mean_, pca.components_.T, variance
 
 
 def _merge_config(default: StageConfig, settings: StageSettings) -> StageConfig:
