@@ -138,6 +138,19 @@ PRESET_STAGES: dict[str, dict[int, StageConfig]] = {
 _LOSS_NAMES = ("loss", "cwmm", "supcon", "align", "correction", "structure")
 
 
+def _loss_terms(config: StageConfig, linear_path: bool) -> frozenset[str]:
+    """The terms of :data:`_LOSS_NAMES` a stage computes.
+
+    Those with a positive weight; the correction exists only on the linear path.
+    """
+    weighted = {
+        config.objective: config.contrastive_weight,
+        "correction": config.correction_weight if linear_path else 0.0,
+        "structure": config.structure_weight,
+    }
+    return frozenset({"loss", "cwmm"} | {name for name, weight in weighted.items() if weight > 0})
+
+
 class CellPainTRTrainingPlan(LightningModule):
     """One CellPainTR stage as a Lightning module, run by scvi-tools' :class:`~scvi.train.TrainRunner`.
 
@@ -189,6 +202,7 @@ class CellPainTRTrainingPlan(LightningModule):
         self.source_dropout = source_dropout
         self.group_wise_loss = group_wise_loss
         self.seed = seed
+        self.loss_terms = _loss_terms(config, module.linear_path)
         self.epoch_losses: list[dict[str, float]] = []
         self._generator: torch.Generator | None = None
         self._sums: dict[str, torch.Tensor] = {}
@@ -216,13 +230,13 @@ class CellPainTRTrainingPlan(LightningModule):
         config = self.config
         losses = {"cwmm": masked_feature_loss(output["reconstruction"], x, mask, groups, n_groups=self.n_groups)}
         total = losses["cwmm"]
-        if config.contrastive_weight > 0:
+        if config.objective in self.loss_terms:
             losses[config.objective] = self._label_loss(output["embedding"], batch["label"], batch["source"])
             total = total + config.contrastive_weight * losses[config.objective]
-        if config.correction_weight > 0 and "correction" in output:
+        if "correction" in self.loss_terms:
             losses["correction"] = output["correction"].square().sum(dim=1).mean() / self.module.projection_variance
             total = total + config.correction_weight * losses["correction"]
-        if config.structure_weight > 0:
+        if "structure" in self.loss_terms:
             losses["structure"] = similarity_structure_loss(output["embedding"], self.module.project(x))
             total = total + config.structure_weight * losses["structure"]
         losses["loss"] = total
@@ -231,8 +245,6 @@ class CellPainTRTrainingPlan(LightningModule):
     def _label_loss(self, embedding: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         if self.config.objective == "supcon":
             return supervised_contrastive_loss(embedding.float(), labels, temperature=self.config.temperature)
-        if not self.module.linear_path:
-            raise ValueError("objective='align' needs a CellPainTR network with the linear path.")
         groups = sources if self.config.alignment == "sources" else None
         return replicate_alignment_loss(embedding, labels, self.module.projection_variance, groups)
 
@@ -263,26 +275,10 @@ class CellPainTRTrainingPlan(LightningModule):
         n_batches, n_skipped, *loss_sums = totals.tolist()
         n_used = max(n_batches - n_skipped, 1.0)
         record = {"epoch": float(len(self.epoch_losses)), "n_batches": n_batches, "n_skipped": n_skipped}
-        record.update(
-            {
-                name: total / n_used
-                for name, total in zip(_LOSS_NAMES, loss_sums, strict=True)
-                if name in self._recorded_losses()
-            }
-        )
+        sums = dict(zip(_LOSS_NAMES, loss_sums, strict=True))
+        record.update({name: sums[name] / n_used for name in _LOSS_NAMES if name in self.loss_terms})
         self.epoch_losses.append(record)
         self._sums = {}
-
-    def _recorded_losses(self) -> set[str]:
-        """The loss terms this stage computes."""
-        names = {"loss", "cwmm"}
-        if self.config.contrastive_weight > 0:
-            names.add(self.config.objective)
-        if self.config.correction_weight > 0 and self.module.linear_path:
-            names.add("correction")
-        if self.config.structure_weight > 0:
-            names.add("structure")
-        return names
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [parameter for parameter in self.module.parameters() if parameter.requires_grad]
