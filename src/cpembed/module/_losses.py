@@ -122,6 +122,14 @@ def masked_feature_loss(
     return group_mse.sum() / present.sum().clamp_min(1)
 
 
+def _check_labelled_embedding(embedding: torch.Tensor, labels: torch.Tensor) -> None:
+    if embedding.ndim != 2 or labels.shape != (embedding.shape[0],):
+        raise ValueError(
+            f"Expected `embedding` (batch, dim) and `labels` (batch,), got {tuple(embedding.shape)} and "
+            f"{tuple(labels.shape)}."
+        )
+
+
 def supervised_contrastive_loss(
     embedding: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
 ) -> torch.Tensor:
@@ -147,11 +155,7 @@ def supervised_contrastive_loss(
     -------
     Scalar float32 tensor.
     """
-    if embedding.ndim != 2 or labels.shape != (embedding.shape[0],):
-        raise ValueError(
-            f"Expected `embedding` (batch, dim) and `labels` (batch,), got {tuple(embedding.shape)} and "
-            f"{tuple(labels.shape)}."
-        )
+    _check_labelled_embedding(embedding, labels)
     z = F.normalize(embedding.float(), dim=1)
     self_pair = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     with torch.autocast(device_type=z.device.type, enabled=False):  # similarities in float32 under autocast
@@ -196,11 +200,7 @@ def replicate_alignment_loss(
     -------
     Scalar float32 tensor.
     """
-    if embedding.ndim != 2 or labels.shape != (embedding.shape[0],):
-        raise ValueError(
-            f"Expected `embedding` (batch, dim) and `labels` (batch,), got {tuple(embedding.shape)} and "
-            f"{tuple(labels.shape)}."
-        )
+    _check_labelled_embedding(embedding, labels)
     if groups is not None and groups.shape != labels.shape:
         raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
     labelled = labels >= 0
