@@ -302,14 +302,12 @@ def _sphering(adata: AnnData, config: ReportConfig) -> None:
 
 def _cellpaintr(adata: AnnData, config: ReportConfig) -> dict[str, pd.DataFrame]:
     """Train CellPainTR (compounds as contrastive positives) and embed; returns the per-stage losses."""
-    from cpembed.model import CellPainTR
-    from cpembed.tl._cellpaintr import PRESET_ARCHITECTURES, auto_preset, training_view
+    from cpembed.tl._cellpaintr import untrained_model
 
     settings = config.cellpaintr
-    # The model registers the AnnData it trains on (scvi-tools adds columns): give it one of its own.
-    training = training_view(adata, None, config.batch_key, config.perturbation_key, None)
-    preset = auto_preset(adata, config.batch_key, config.perturbation_key, None)
-    model = CellPainTR(training, **PRESET_ARCHITECTURES[preset], **settings.model_kwargs(), seed=config.seed)
+    # The model trains on a view of its own (scvi-tools adds columns), with the architecture preset="auto" picks.
+    model_kwargs = {**settings.model_kwargs(), "seed": config.seed}
+    model, preset = untrained_model(adata, None, config.batch_key, config.perturbation_key, None, "auto", model_kwargs)
     model.train(
         **settings.train_kwargs(),
         preset=preset,
@@ -473,9 +471,7 @@ def summary_markdown(
         f"batch: `{config.batch_key}`; mAP null size {config.null_size}.",
     ]
     if "cellpaintr" in config.methods:
-        from cpembed.tl._cellpaintr import auto_preset
-
-        preset = auto_preset(adata, config.batch_key, config.perturbation_key, None)
+        preset = adata.uns[EMBEDDING_KEYS["cellpaintr"]]["params"]["preset"]
         lines.append(
             f"CellPainTR ({preset} preset, chosen by `preset='auto'`): d_model={cp.d_model}, n_layers={cp.n_layers}, "
             f"d_mlp={cp.d_mlp}, "

@@ -88,22 +88,12 @@ def cellpaintr(
     With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x ``d_model``),
     the stage embeddings on request, and ``adata.uns[key_added]["params"]``.
     """
-    from cpembed.model import CellPainTR
-
     if model is not None and train_kwargs:
         raise ValueError(f"A trained model was given; training arguments {sorted(train_kwargs)} would be ignored.")
     if model is None:
         check_obs_keys(adata, batch_key, labels_key)
         check_layer(adata, layer)
-        if preset == "auto":
-            preset = auto_preset(adata, batch_key, labels_key, unlabeled_category)
-            logger.info("preset 'auto' chose %r", preset)
-        if preset not in PRESET_ARCHITECTURES:
-            raise ValueError(f"preset must be 'auto' or one of {sorted(PRESET_ARCHITECTURES)}, got {preset!r}.")
-        model = CellPainTR(
-            training_view(adata, layer, batch_key, labels_key, unlabeled_category),
-            **{**PRESET_ARCHITECTURES[preset], **(model_kwargs or {})},
-        )
+        model, preset = untrained_model(adata, layer, batch_key, labels_key, unlabeled_category, preset, model_kwargs)
         model.train(preset=preset, **train_kwargs)
     embeddings = {key_added: model.get_latent_representation(adata)}
     if stage_embeddings:
@@ -119,6 +109,33 @@ def cellpaintr(
     adata.uns[key_added] = {"params": params}
     logger.info("added %s to adata.obsm and %r to adata.uns", ", ".join(map(repr, embeddings)), key_added)
     return adata if copy else None
+
+
+def untrained_model(
+    adata: AnnData,
+    layer: str | None,
+    batch_key: str | None,
+    labels_key: str | None,
+    unlabeled_category: str | None,
+    preset: str,
+    model_kwargs: dict | None,
+) -> tuple[CellPainTR, str]:
+    """A CellPainTR built on a :func:`training_view` of ``adata`` with the preset's architecture, and the preset.
+
+    ``"auto"`` is resolved with :func:`auto_preset`; ``model_kwargs`` override the preset's architecture.
+    """
+    from cpembed.model import CellPainTR
+
+    if preset == "auto":
+        preset = auto_preset(adata, batch_key, labels_key, unlabeled_category)
+        logger.info("preset 'auto' chose %r", preset)
+    if preset not in PRESET_ARCHITECTURES:
+        raise ValueError(f"preset must be 'auto' or one of {sorted(PRESET_ARCHITECTURES)}, got {preset!r}.")
+    model = CellPainTR(
+        training_view(adata, layer, batch_key, labels_key, unlabeled_category),
+        **{**PRESET_ARCHITECTURES[preset], **(model_kwargs or {})},
+    )
+    return model, preset
 
 
 def auto_preset(
