@@ -38,8 +38,8 @@ ADD_SOURCE_STAGE = StageConfig(max_epochs=5, batch_size=32, lr=1e-3, contrastive
 #: Gradient-norm clipping of every stage (the reference code's value).
 GRADIENT_CLIP = 1.0
 
-#: Wells the PCA of the linear path is fitted on (a random sample when there are more).
-LINEAR_PATH_SAMPLE = 20_000
+#: Wells the network's fixed PCA projection is fitted on (a random sample when there are more).
+PROJECTION_SAMPLE = 20_000
 
 
 class _CellPainTRNetwork(CellPainTRModule):
@@ -610,17 +610,17 @@ def _feature_group_ids(adata: AnnData) -> torch.Tensor:
 def _pca_projection(matrix, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean, loadings (features x components) and mean squared projected norm of a PCA of the wells of ``matrix``.
 
-    Fitted on at most :data:`LINEAR_PATH_SAMPLE` wells drawn at random; non-finite values read as 0, as in training.
+    Fitted on at most :data:`PROJECTION_SAMPLE` wells drawn at random; non-finite values read as 0, as in training.
     """
     from sklearn.decomposition import PCA
 
     n_rows, n_features = matrix.shape
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n_rows, min(n_rows, LINEAR_PATH_SAMPLE), replace=False))
+    rows = np.sort(rng.choice(n_rows, min(n_rows, PROJECTION_SAMPLE), replace=False))
     sample = read_rows(matrix, rows).astype(np.float64)
     n_components = min(n_components, n_features, len(rows) - 1)
     if n_components < 1:
-        raise ValueError("The linear path needs at least two wells to fit its PCA.")
+        raise ValueError("CellPainTR needs at least two wells to fit the PCA its training compares with.")
     pca = PCA(n_components=n_components, random_state=seed).fit(sample)
     variance = float(pca.explained_variance_.sum())
     if not variance > 0:
