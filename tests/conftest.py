@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -34,3 +35,19 @@ def run_benchmark_torch_only():
         )
 
     return run
+
+
+@pytest.fixture(scope="module")
+def bbbc021_standardized():
+    """BBBC021 normalised per plate to its DMSO wells, with 20-d and 5-d PCA embeddings (for the bm tests)."""
+    from sklearn.decomposition import PCA
+
+    import cpembed as cpe
+
+    adata = cpe.datasets.bbbc021()
+    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon", method="standardize")
+    features = np.asarray(adata.X, dtype=np.float64)
+    adata = adata[:, np.isfinite(features).all(axis=0) & (features.std(axis=0) > 0)].copy()
+    adata.obsm["X_pca"] = PCA(20, random_state=0).fit_transform(np.asarray(adata.X, dtype=np.float64))
+    adata.obsm["X_pca5"] = adata.obsm["X_pca"][:, :5].copy()
+    return adata

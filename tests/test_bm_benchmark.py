@@ -24,20 +24,8 @@ FAST = ["graph_connectivity", "silhouette_batch", "silhouette_label", "kbet", "i
 
 
 @pytest.fixture(scope="module")
-def bbbc021():
-    """BBBC021 normalised per plate to its DMSO wells, with 20-d and 5-d PCA embeddings."""
-    adata = cpe.datasets.bbbc021()
-    cpe.pp.normalize_to_controls(adata, "Metadata_Plate", "Metadata_is_negcon", method="standardize")
-    features = np.asarray(adata.X, dtype=np.float64)
-    adata = adata[:, np.isfinite(features).all(axis=0) & (features.std(axis=0) > 0)].copy()
-    adata.obsm["X_pca"] = PCA(20, random_state=0).fit_transform(np.asarray(adata.X, dtype=np.float64))
-    adata.obsm["X_pca5"] = adata.obsm["X_pca"][:, :5].copy()
-    return adata
-
-
-@pytest.fixture(scope="module")
-def table(bbbc021):
-    adata = bbbc021.copy()
+def table(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
     result = bm.benchmark(adata, ["X_pca", "X_pca5"], **KEYS, null_size=2000, progress=False)
     return adata, result
 
@@ -53,10 +41,10 @@ def test_table_has_the_published_columns(table, tmp_path):
     pd.testing.assert_frame_equal(ad.read_h5ad(tmp_path / "benchmarked.h5ad").uns["cpe_benchmark"], result)
 
 
-def test_table_equals_the_metric_functions_under_the_protocol(bbbc021, table):
+def test_table_equals_the_metric_functions_under_the_protocol(bbbc021_standardized, table):
     _, result = table
-    X = bbbc021.obsm["X_pca"]
-    obs = bbbc021.obs
+    X = bbbc021_standardized.obsm["X_pca"]
+    obs = bbbc021_standardized.obs
     control = obs["Metadata_is_negcon"].to_numpy()
     treated = ~control
     moa, week = obs["Metadata_moa"].to_numpy().astype(str), obs["Metadata_Batch"].to_numpy().astype(str)
@@ -116,8 +104,8 @@ def test_aggregates_follow_the_papers(table):
     assert row.total_score == pytest.approx(0.4 * jump_batch + 0.6 * jump_bio, abs=1e-12)
 
 
-def test_benchmark_leaves_adata_unchanged_but_uns(bbbc021):
-    adata = bbbc021.copy()
+def test_benchmark_leaves_adata_unchanged_but_uns(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
     before = (
         adata.obs.copy(),
         adata.X.copy(),
@@ -158,8 +146,8 @@ def test_a_batch_corrected_embedding_scores_better_on_simulated_profiles():
     assert result.loc["X_centred", "silhouette_batch"] > result.loc["X_pca", "silhouette_batch"]
 
 
-def test_bad_input_gets_clear_errors(bbbc021):
-    adata = bbbc021.copy()
+def test_bad_input_gets_clear_errors(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
     with pytest.raises(KeyError, match="Metadata_Nope"):
         bm.benchmark(adata, "X_pca", **{**KEYS, "batch_key": "Metadata_Nope"}, progress=False)
     with pytest.raises(KeyError, match="X_missing"):
