@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import median_abs_deviation, norm, rankdata
 
 import cpembed as cpe
+from cpembed.pp._aggregate import center_scale_to_controls
 from cpembed.pp._correlation import correlation_mask, correlation_matrix
 from cpembed.pp._normalize import normalize_to_controls_array
 from cpembed.pp._rank import average_ranks, rank_inverse_normal_array
@@ -524,3 +525,134 @@ def test_feature_filters_subset_layers_and_var_together(lincs):
     np.testing.assert_array_equal(lincs.layers["copy"], original.layers["copy"][:, kept])
     np.testing.assert_array_equal(lincs.varm["loadings"], original.varm["loadings"][kept])
     pd.testing.assert_frame_equal(lincs.var, original.var.iloc[kept])
+
+
+# ----------------------------------------------------------------------------------- input that empties the data
+
+
+def keep_one_control(adata, plate):
+    """Unflag all negative controls of ``plate`` but its first."""
+    rows = np.flatnonzero((adata.obs[PLATE] == plate).to_numpy() & adata.obs[NEGCON].to_numpy())
+    adata.obs.iloc[rows[1:], adata.obs.columns.get_loc(NEGCON)] = False
+    return adata
+
+
+def test_drop_nonfinite_refuses_to_drop_every_feature_for_one_nan_well(bbbc021):
+    bbbc021.X[3] = np.nan
+    with pytest.raises(ValueError, match=r"keep 0 of 516 features: well '3' alone drops 516.*how='wells'"):
+        cpe.pp.drop_nonfinite(bbbc021)
+    assert "cpembed_pp" not in bbbc021.uns
+    cleaned = cpe.pp.drop_nonfinite(bbbc021, how="wells", copy=True)
+    assert cleaned.shape == (bbbc021.n_obs - 1, bbbc021.n_vars)
+
+
+def test_drop_nonfinite_refuses_to_drop_most_features_for_one_well(bbbc021):
+    bbbc021.X[3, :-10] = np.nan  # a failed well, finite in 10 features only
+    with pytest.raises(ValueError, match="keep 10 of 516 features: well '3' alone drops 506"):
+        cpe.pp.drop_nonfinite(bbbc021)
+
+
+def test_drop_nonfinite_names_the_wells_when_several_empty_the_data(bbbc021):
+    bbbc021.X[[3, 4]] = np.inf
+    with pytest.raises(ValueError, match=r"the wells dropping the most: '3' \(516\), '4' \(516\)"):
+        cpe.pp.drop_nonfinite(bbbc021)
+
+
+def test_drop_nonfinite_warns_when_scattered_nan_drop_most_features(bbbc021):
+    # one NaN in each of 300 wells, each in another feature: no well is to blame alone, yet most features go
+    rows = np.arange(300)
+    bbbc021.X[rows, rows] = np.nan
+    with pytest.warns(UserWarning, match=r"keep 216 of 516 features: the wells dropping the most.*how='wells'"):
+        cpe.pp.drop_nonfinite(bbbc021)
+    assert bbbc021.n_vars == 216
+
+
+def test_drop_nonfinite_wells_refuses_to_drop_every_well_for_one_feature(bbbc021):
+    bbbc021.X[:, 5] = np.nan
+    name = bbbc021.var_names[5]
+    with pytest.raises(ValueError, match=rf"keep 0 of 632 wells: feature '{name}' alone.*how='features'"):
+        cpe.pp.drop_nonfinite(bbbc021, how="wells")
+
+
+def test_control_variation_filter_refuses_a_plate_with_one_control_well(bbbc021):
+    keep_one_control(bbbc021, "Week1_22123")
+    with pytest.raises(ValueError, match=r"plate 'Week1_22123' \(1 control well\) alone drops .*at least 2 negative"):
+        cpe.pp.control_variation_filter(bbbc021, PLATE, NEGCON)
+    assert "cpembed_pp" not in bbbc021.uns
+
+
+def test_control_variation_filter_refuses_a_plate_with_constant_controls(bbbc021):
+    rows = np.flatnonzero((bbbc021.obs[PLATE] == "Week2_24121").to_numpy() & bbbc021.obs[NEGCON].to_numpy())
+    bbbc021.X[rows] = bbbc021.X[rows[0]]
+    with pytest.raises(ValueError, match=r"plate 'Week2_24121' \(6 control wells\) alone drops"):
+        cpe.pp.control_variation_filter(bbbc021, PLATE, NEGCON)
+
+
+def test_control_variation_filter_rejects_a_negative_threshold(bbbc021):
+    with pytest.raises(ValueError, match="min_coef_var=-1"):
+        cpe.pp.control_variation_filter(bbbc021, PLATE, NEGCON, min_coef_var=-1)
+
+
+def test_variation_filter_refuses_to_drop_every_feature_of_constant_data():
+    adata = ad.AnnData(np.ones((20, 4)))
+    with pytest.raises(ValueError, match=r"variation_filter would keep 0 of 4 features: rule 'freq_cut=0\.05' alone"):
+        cpe.pp.variation_filter(adata)
+
+
+# ------------------------------------------------------------------------------------ values beyond float range
+
+
+@pytest.mark.filterwarnings("ignore:.*zero MAD")
+def test_transform_refuses_a_result_beyond_float32_range(bbbc021):
+    """A near-zero control MAD times float32's large values overflows float32: an error, not inf in X."""
+    bbbc021.X[:, 0] = np.where(bbbc021.obs[NEGCON], 1.0, 1e38) + np.arange(bbbc021.n_obs) * 1e-6
+    original = bbbc021.X.copy()
+    with pytest.raises(ValueError, match=r"normalize_to_controls's result for adata.X would hold \d+ NaN or infinite"):
+        cpe.pp.normalize_to_controls(bbbc021, PLATE, NEGCON)
+    np.testing.assert_array_equal(bbbc021.X, original)
+    assert "cpembed_pp" not in bbbc021.uns
+
+
+def test_aggregate_refuses_values_beyond_float32_range():
+    adata = ad.AnnData(np.array([[1.0, 2.0], [3.0, 1e39]]), obs=pd.DataFrame({"well": ["a", "a"]}, index=["0", "1"]))
+    with pytest.raises(ValueError, match="aggregate's result would hold 1 NaN or infinite values"):
+        cpe.pp.aggregate(adata, "well")
+
+
+def test_statistics_of_huge_values_do_not_overflow(bbbc021_normalized):
+    """Squares of values near 1e200 overflow float64; correlations and z-scores of the scaled data stay exact."""
+    matrix = bbbc021_normalized.X.astype(np.float64)
+    np.testing.assert_array_equal(correlation_matrix(matrix * 2.0**700), correlation_matrix(matrix))
+    plates = bbbc021_normalized.obs[PLATE].to_numpy()
+    controls = bbbc021_normalized.obs[NEGCON].to_numpy()
+    standardized = normalize_to_controls_array(matrix, plates, controls, method="standardize")
+    huge = normalize_to_controls_array(matrix * 2.0**700, plates, controls, method="standardize")
+    np.testing.assert_array_equal(huge, standardized)
+    centred = center_scale_to_controls(matrix, plates, controls, eps=0)
+    np.testing.assert_array_equal(center_scale_to_controls(matrix * 2.0**700, plates, controls, eps=0), centred)
+
+
+# -------------------------------------------------------------------------------------------- backed AnnData
+
+
+@pytest.fixture(scope="module")
+def bbbc021_file(bbbc021_shared, tmp_path_factory):
+    path = tmp_path_factory.mktemp("backed") / "bbbc021.h5ad"
+    bbbc021_shared.write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_backed_anndata_is_copied_to_memory_or_refused_in_place(bbbc021_shared, bbbc021_file, step):
+    function, args, kwargs = STEPS[step]
+    backed = ad.read_h5ad(bbbc021_file, backed="r")
+    with pytest.raises(ValueError, match=r"backed .* `adata = adata.to_memory\(\)`"):
+        function(backed, *args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = function(backed, *args, **kwargs, copy=True)
+        expected = function(bbbc021_shared, *args, **kwargs, copy=True)
+    assert not result.isbacked
+    np.testing.assert_array_equal(result.X, expected.X)
+    assert backed.isbacked
+    assert "cpembed_pp" not in backed.uns

@@ -161,3 +161,100 @@ def test_recipe_rejects_bad_input_before_changing_anything():
         cpe.pp.recipe_jump(adata, "Metadata_Well", NEGCON)
     with pytest.raises(TypeError, match="control_value"):
         cpe.pp.recipe_jump(adata, PLATE, "Metadata_Compound")
+
+
+def first_wells_ending_with_one_control(adata):
+    """The first wells of ``adata`` up to the first control of the third plate, which keeps only that control."""
+    plates = adata.obs[PLATE].to_numpy()
+    third = pd.unique(plates)[2]
+    first_control = np.flatnonzero((plates == third) & adata.obs[NEGCON].to_numpy())[0]
+    return adata[: first_control + 1].copy(), third
+
+
+def assert_unchanged(adata, original):
+    np.testing.assert_array_equal(adata.X, original.X)
+    assert list(adata.var_names) == list(original.var_names)
+    assert "cpembed_pp" not in adata.uns
+
+
+def test_recipe_refuses_a_plate_with_a_single_control_and_leaves_adata_unchanged():
+    adata, plate = first_wells_ending_with_one_control(cpe.datasets.bbbc021())
+    original = adata.copy()
+    with pytest.raises(ValueError, match=rf"control_variation_filter .*plate '{plate}' \(1 control well\) alone"):
+        cpe.pp.recipe_jump(adata, PLATE, NEGCON)
+    assert_unchanged(adata, original)
+
+
+def test_recipe_refuses_a_plate_with_constant_controls():
+    adata = small_screen()
+    rows = np.flatnonzero((adata.obs[PLATE] == "plate1").to_numpy() & adata.obs[NEGCON].to_numpy())
+    adata.X[rows] = adata.X[rows[0]]
+    with pytest.raises(ValueError, match=r"plate 'plate1' \(8 control wells\) alone drops"):
+        cpe.pp.recipe_jump(adata, PLATE, NEGCON)
+
+
+def test_recipe_refuses_wells_that_are_each_their_own_plate():
+    adata = small_screen()
+    adata.obs[PLATE] = adata.obs_names
+    with pytest.raises(ValueError, match="plates have no negative-control well: well10"):
+        cpe.pp.recipe_jump(adata, PLATE, NEGCON)
+
+
+def test_recipe_refuses_an_all_nan_well_and_names_it():
+    adata = small_screen()
+    adata.X[12] = np.nan
+    original = adata.copy()
+    with pytest.raises(ValueError, match=r"drop_nonfinite would keep 0 of 40 features: well 'well12' .*how='wells'"):
+        cpe.pp.recipe_jump(adata, PLATE, NEGCON)
+    np.testing.assert_array_equal(adata.X, original.X)
+    cpe.pp.drop_nonfinite(adata, how="wells")
+    assert cpe.pp.recipe_jump(adata, PLATE, NEGCON, copy=True).n_vars > 0
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ({"clip": (0.9, 0.1)}, "lower=0.9, upper=0.1"),
+        ({"clip": (0.1,)}, "pair of quantile levels"),
+        ({"corr_threshold": 1.5}, "threshold=1.5"),
+        ({"freq_cut": -0.1}, "freq_cut=-0.1"),
+        ({"unique_cut": 2}, "unique_cut=2"),
+        ({"min_coef_var": np.nan}, "min_coef_var=nan"),
+    ],
+)
+def test_recipe_validates_every_argument_before_changing_the_data(argument, message):
+    adata = small_screen()
+    original = adata.copy()
+    with pytest.raises(ValueError, match=message):
+        cpe.pp.recipe_jump(adata, PLATE, NEGCON, **argument)
+    assert_unchanged(adata, original)
+
+
+def test_recipe_in_place_on_a_view_changes_only_the_view():
+    adata = cpe.datasets.bbbc021()
+    view = adata[:200]
+    cpe.pp.recipe_jump(view, PLATE, NEGCON)
+    assert not view.is_view
+    assert 0 < view.n_vars < adata.n_vars
+    assert adata.shape == (632, 516)
+    assert "cpembed_pp" not in adata.uns
+
+
+def test_recipe_reports_the_change_of_shape(caplog):
+    adata = small_screen()
+    with caplog.at_level("INFO", logger="cpembed"):
+        result = cpe.pp.recipe_jump(adata, PLATE, NEGCON, copy=True)
+    record = result.uns["cpembed_pp"]["recipe_jump"]
+    assert list(record["n_features"]) == [adata.n_vars, result.n_vars]
+    assert record["n_wells"] == adata.n_obs
+    assert f"kept {result.n_vars} of {adata.n_vars} features" in caplog.text
+
+
+def test_recipe_on_backed_anndata_needs_copy(tmp_path):
+    adata = small_screen()
+    adata.write_h5ad(tmp_path / "screen.h5ad")
+    backed = ad.read_h5ad(tmp_path / "screen.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"to_memory\(\)"):
+        cpe.pp.recipe_jump(backed, PLATE, NEGCON)
+    result = cpe.pp.recipe_jump(backed, PLATE, NEGCON, copy=True)
+    np.testing.assert_array_equal(result.X, cpe.pp.recipe_jump(adata, PLATE, NEGCON, copy=True).X)

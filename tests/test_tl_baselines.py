@@ -394,3 +394,43 @@ def test_nonfinite_profiles_are_rejected(small, name):
 def test_missing_control_key(small):
     with pytest.raises(KeyError, match="'Metadata_nocontrol' not found"):
         cpe.tl.sphering(small, "Metadata_nocontrol")
+
+
+# --- input ComBat, Harmony and sphering cannot use -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("covariate", ["batch_copy", "batch_level", "constant"])
+def test_combat_refuses_covariates_confounded_with_the_batch(small, covariate):
+    small.obs["batch_copy"] = small.obs[BATCH]
+    small.obs["batch_level"] = (small.obs[BATCH] == "B1").astype(float)
+    small.obs["constant"] = 2.0
+    with pytest.raises(ValueError, match=rf"covariate_keys \['{covariate}'\] are constant or confounded"):
+        cpe.tl.combat(small, BATCH, covariate_keys=["group", covariate])
+    assert "X_combat" not in small.obsm
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_combat_refuses_results_beyond_float32_range(small):
+    small.X = small.X.astype(np.float64) * 1e39
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_combat'\] would hold \d+ NaN or infinite values"):
+        cpe.tl.combat(small, BATCH)
+    assert "X_combat" not in small.obsm
+
+
+def test_harmony_on_few_wells_says_how_many_are_needed(small):
+    few = small[[0, 1, 2, 60, 61, 62]].copy()
+    with pytest.raises(ValueError, match="0 for 6 wells: use at least 16 wells, or pass `nclust=`"):
+        cpe.tl.harmony(few, BATCH)
+    with pytest.raises(ValueError, match="nclust=7 must lie between 1 and the number of wells"):
+        cpe.tl.harmony(few, BATCH, nclust=7)
+    cpe.tl.harmony(few, BATCH, nclust=1)
+    assert few.obsm["X_harmony"].shape == few.obsm["X_pca"].shape
+    assert np.isfinite(few.obsm["X_harmony"]).all()
+
+
+def test_sphering_whitens_a_single_feature(small):
+    one = small[:, :1].copy()
+    cpe.tl.sphering(one, NEGCON, epsilon=1e-6)
+    controls = one.X[one.obs[NEGCON].to_numpy(), 0].astype(np.float64)
+    expected = (one.X[:, 0] - controls.mean()) / np.sqrt(controls.var(ddof=1) + 1e-6)
+    np.testing.assert_allclose(one.obsm["X_sphering"][:, 0], expected, rtol=1e-5)

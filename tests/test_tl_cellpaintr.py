@@ -100,3 +100,30 @@ def test_bad_keys_raise(profiles):
         cpe.tl.cellpaintr(profiles, batch_key="Metadata_Batch", labels_key="Metadata_Label")
     with pytest.raises(KeyError, match="normalised"):
         cpe.tl.cellpaintr(profiles, **KEYS, layer="normalised")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_refuses_nonfinite_profiles_before_training(profiles, bad):
+    adata = profiles.copy()
+    adata.X[:] = bad
+    with pytest.raises(ValueError, match=r"adata.X contains \d+ NaN or infinite values"):
+        cpe.tl.cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)
+    assert "X_cellpaintr" not in adata.obsm
+
+
+def test_refuses_nonfinite_profiles_given_a_model(profiles):
+    adata_train = profiles.copy()
+    cpe.model.CellPainTR.setup_anndata(adata_train, **KEYS)
+    model = cpe.model.CellPainTR(adata_train, **TINY_MODEL)
+    model.train(stages=(1,), **{k: v for k, v in TINY_TRAIN.items() if k not in ("stage2", "stage3")})
+    adata = profiles.copy()
+    adata.X[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"adata.X contains 1 NaN or infinite values \(in 1 columns\)"):
+        cpe.tl.cellpaintr(adata, **KEYS, model=model)
+
+
+def test_missing_batch_labels_get_the_message_of_the_other_baselines(profiles):
+    adata = profiles.copy()
+    adata.obs["Metadata_Batch"] = adata.obs["Metadata_Batch"].astype(object).where(np.arange(adata.n_obs) > 1, None)
+    with pytest.raises(ValueError, match=r"adata.obs\['Metadata_Batch'\] has 2 missing batch labels"):
+        cpe.tl.cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)

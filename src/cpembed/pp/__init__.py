@@ -7,13 +7,16 @@ AnnData. Every step follows the same rules:
   :func:`drop_nonfinite` refuses NaN and infinite values with an error pointing to :func:`drop_nonfinite`.
 - Feature filters (:func:`drop_nonfinite`, :func:`variation_filter`, :func:`control_variation_filter`,
   :func:`correlation_filter`) subset the AnnData to the kept features in place (``obs``, ``var``, layers and
-  embeddings follow), as scanpy's filters do.
+  embeddings follow), as scanpy's filters do. A filter that would keep no feature, or of which a single plate,
+  well or rule alone would drop more features than it keeps (a plate with one control well, a well of NaN),
+  raises an error naming it and the option that handles it.
 - Transforms (:func:`normalize_to_controls`, :func:`rank_inverse_normal`, :func:`clip_quantiles`) overwrite
-  ``adata.X``, or ``adata.layers[layer]`` when ``layer`` is given; float32 data stay float32.
+  ``adata.X``, or ``adata.layers[layer]`` when ``layer`` is given; float32 data stay float32. A result that
+  overflows the dtype (float32 holds values up to about 3.4e38) is refused before anything is written.
 - Annotations (:func:`feature_groups`) write one ``adata.var[key_added]`` column.
 - Every step records its parameters (and what it dropped) in ``adata.uns["cpembed_pp"][<function name>]``.
 - ``copy=True`` returns a changed copy and leaves the input untouched; ``copy=False`` changes ``adata`` and
-  returns ``None``.
+  returns ``None``. A backed AnnData is read into memory with ``copy=True`` and refused with ``copy=False``.
 
 :func:`recipe_jump` chains the steps as the JUMP batch-correction benchmark (Arevalo et al. 2024) does.
 """

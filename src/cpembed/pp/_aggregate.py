@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._validation import check_finite, check_groups_present, check_obs_keys, get_matrix
+from .._validation import check_groups_present, check_obs_keys, check_result_finite, get_finite_matrix
+from ._utils import column_scale
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -44,7 +45,9 @@ def center_scale_to_controls(
     for plate in pd.unique(plates):
         rows = plates == plate
         controls = matrix[rows & is_control]
-        out[rows] = (matrix[rows] - controls.mean(axis=0)) / (controls.std(axis=0, ddof=1) + eps)
+        scale = column_scale(controls)  # so that squares of huge values do not overflow
+        deviation = (controls / scale).std(axis=0, ddof=1) * scale
+        out[rows] = (matrix[rows] - controls.mean(axis=0)) / (deviation + eps)
     return out
 
 
@@ -117,12 +120,17 @@ def aggregate(
     New AnnData with one row per group: ``X`` (float32) the aggregated (and normalised) values, ``obs`` the columns
     constant within groups plus ``n_rows`` (rows aggregated), ``uns["aggregate"]["params"]``. ``adata`` is not
     changed.
+
+    Raises
+    ------
+    ValueError
+        When the input holds NaN or infinite values, or when a result overflows (float32 holds values up to about
+        3.4e38), besides the errors for missing columns and too few controls.
     """
     import anndata as ad
 
     check_obs_keys(adata, by, control_key, plate_key, batch_key)
-    matrix = get_matrix(adata, layer=layer, obsm_key=obsm_key)
-    check_finite(matrix, f"obsm[{obsm_key!r}]" if obsm_key else "adata.X")
+    matrix = get_finite_matrix(adata, layer=layer, obsm_key=obsm_key)
     labels, values = aggregate_rows(matrix, adata.obs[by].to_numpy(), method)
     codes, _ = pd.factorize(adata.obs[by].to_numpy())
     obs = _group_obs(adata.obs, codes)
@@ -130,7 +138,10 @@ def aggregate(
     obs.index = labels.astype(str)
     if normalize is not None:
         values = _normalize(values, obs, normalize, control_key, plate_key, batch_key, eps)
-    out = ad.AnnData(X=values.astype(np.float32), obs=obs)
+    with np.errstate(over="ignore"):  # refused with a message just below
+        values = values.astype(np.float32)
+    check_result_finite(values, "aggregate's result")
+    out = ad.AnnData(X=values, obs=obs)
     out.uns["aggregate"] = {
         "params": {"by": by, "obsm_key": obsm_key, "layer": layer, "method": method, "normalize": normalize}
     }

@@ -6,10 +6,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import column_blocks, finite_matrix, float_dtype, write_transform
+from cpembed._validation import check_in_memory, get_finite_matrix
+
+from ._utils import column_blocks, float_dtype, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+
+def check_quantile_levels(lower: float, upper: float) -> None:
+    """Raise a ValueError unless ``0 <= lower <= upper <= 1``."""
+    if not 0 <= lower <= upper <= 1:
+        raise ValueError(f"Quantiles must satisfy 0 <= lower <= upper <= 1, got lower={lower}, upper={upper}.")
 
 
 def quantile_bounds(
@@ -21,8 +29,7 @@ def quantile_bounds(
     -------
     Two arrays with one bound per feature, or of shape ``()`` with ``per_feature=False`` (quantiles of all values).
     """
-    if not 0 <= lower <= upper <= 1:
-        raise ValueError(f"Quantiles must satisfy 0 <= lower <= upper <= 1, got lower={lower}, upper={upper}.")
+    check_quantile_levels(lower, upper)
     if not per_feature:
         low, high = np.quantile(matrix, [lower, upper])
         return np.asarray(low), np.asarray(high)
@@ -93,6 +100,9 @@ def clip_quantiles(
     Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
     *Nature Communications* 15, 6516 (2024).
     """
-    clipped = clip_quantiles_array(finite_matrix(adata, layer=layer), lower=lower, upper=upper, per_feature=per_feature)
+    check_in_memory(adata, copy=copy)
+    clipped = clip_quantiles_array(
+        get_finite_matrix(adata, layer=layer), lower=lower, upper=upper, per_feature=per_feature
+    )
     params = {"lower": lower, "upper": upper, "per_feature": per_feature, "layer": layer}
     return write_transform(adata, clipped, "clip_quantiles", params, layer=layer, copy=copy)

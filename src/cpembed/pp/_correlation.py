@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from cpembed._validation import check_in_memory, get_finite_matrix
+
 from ._rank import average_ranks
-from ._utils import filter_features, finite_matrix
+from ._utils import column_scale, filter_features
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,11 +41,13 @@ def correlation_matrix(matrix: np.ndarray, *, method: CorrelationMethod = "pears
     if method == "spearman":
         matrix = average_ranks(matrix).astype(np.float32)  # ranks are halves of integers: exact in float32
     n_wells, n_features = matrix.shape
-    mean = matrix.mean(axis=0, dtype=np.float64)
-    gram = np.zeros((n_features, n_features))
+    scale = column_scale(matrix)  # correlations ignore each feature's scale; this keeps squares of huge values finite
     rows_per_block = max(1, 2**24 // max(n_features, 1))
-    for start in range(0, n_wells, rows_per_block):
-        centred = matrix[start : start + rows_per_block].astype(np.float64) - mean
+    blocks = [slice(start, start + rows_per_block) for start in range(0, n_wells, rows_per_block)]
+    mean = sum(matrix[rows].sum(axis=0, dtype=np.float64) / scale for rows in blocks) / max(n_wells, 1)
+    gram = np.zeros((n_features, n_features))
+    for rows in blocks:
+        centred = matrix[rows].astype(np.float64) / scale - mean
         gram += centred.T @ centred
     deviation = np.sqrt(np.diag(gram))
     constant = deviation == 0
@@ -52,6 +56,12 @@ def correlation_matrix(matrix: np.ndarray, *, method: CorrelationMethod = "pears
     correlation[constant] = 0
     correlation[:, constant] = 0
     return np.clip(correlation, -1, 1, out=correlation)
+
+
+def check_correlation_threshold(threshold: float) -> None:
+    """Raise a ValueError unless the threshold of :func:`correlation_mask` lies in [0, 1]."""
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold={threshold} must lie in [0, 1].")
 
 
 def correlation_mask(
@@ -79,8 +89,7 @@ def correlation_mask(
     -------
     ``True`` for the features to keep.
     """
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold={threshold} must lie in [0, 1].")
+    check_correlation_threshold(threshold)
     correlation = correlation_matrix(matrix, method=method)
     position = np.empty(correlation.shape[0], dtype=np.int64)
     position[np.argsort(np.abs(correlation).sum(axis=0), kind="stable")] = np.arange(correlation.shape[0])
@@ -132,6 +141,7 @@ def correlation_filter(
     Serrano, E. et al. Reproducible image-based profiling with Pycytominer. *Nature Methods* (2025),
     doi:10.1038/s41592-025-02611-8.
     """
-    keep = correlation_mask(finite_matrix(adata), threshold=threshold, method=method, absolute=absolute)
+    check_in_memory(adata, copy=copy)
+    keep = correlation_mask(get_finite_matrix(adata), threshold=threshold, method=method, absolute=absolute)
     params = {"threshold": threshold, "method": method, "absolute": absolute}
     return filter_features(adata, keep, "correlation_filter", params, copy=copy)

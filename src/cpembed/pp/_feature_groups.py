@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cpembed._validation import check_in_memory
 from cpembed.io import parse_feature_names
 
 from ._utils import record, target
@@ -75,6 +76,7 @@ def feature_groups(adata: AnnData, *, key_added: str = "feature_group", copy: bo
     >>> adata.var.loc["Nuclei_Intensity_MeanIntensity_CorrDAPI", "feature_group"]
     'DAPI-Nuclei'
     """
+    check_in_memory(adata, copy=copy)
     has_parts = all(column in adata.var.columns for column in _PARTS)
     parts = adata.var if has_parts else parse_feature_names(adata.var_names)
     labels = feature_group_labels(parts)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from cpembed._validation import get_matrix
+from cpembed._validation import check_filter_loss, check_in_memory, get_matrix
 
 from ._utils import float_dtype, record, subset_features, subset_wells, target
 
@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 NonfiniteHandling = Literal["features", "wells", "impute_median", "impute_zero"]
+
+_DROP_ADVICE = {
+    "features": "Drop those wells first (how='wells' drops every well with a NaN or infinite value) or impute their "
+    "values (how='impute_median').",
+    "wells": "Drop those features first (how='features') or impute their values (how='impute_median').",
+}
+"""What to do when dropping by feature (by well) would empty the data because of a few wells (features)."""
 
 
 def impute_nonfinite(matrix: np.ndarray, *, fill: Literal["median", "zero"] = "median") -> np.ndarray:
@@ -72,6 +79,12 @@ def drop_nonfinite(adata: AnnData, *, how: NonfiniteHandling = "features", copy:
     ``var``, layers and embeddings follow); imputing writes ``adata.X``. Records ``params`` and
     ``dropped_features`` / ``dropped_wells`` / ``n_imputed`` in ``adata.uns["cpembed_pp"]["drop_nonfinite"]``.
 
+    Raises
+    ------
+    ValueError
+        When dropping would keep no feature (well), or when a single well (feature) would by itself drop more
+        features (wells) than are kept, as a well of NaN does: the message names it and the option that handles it.
+
     References
     ----------
     Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
@@ -79,8 +92,13 @@ def drop_nonfinite(adata: AnnData, *, how: NonfiniteHandling = "features", copy:
     """
     if how not in ("features", "wells", "impute_median", "impute_zero"):
         raise ValueError(f"how={how!r} is not one of 'features', 'wells', 'impute_median', 'impute_zero'.")
+    check_in_memory(adata, copy=copy)
     matrix = get_matrix(adata)
     finite = np.isfinite(matrix)
+    if how in _DROP_ADVICE:
+        blamed, dropped = ("well", "features") if how == "features" else ("feature", "wells")
+        failing, names = (~finite, adata.obs_names) if how == "features" else (~finite.T, adata.var_names)
+        check_filter_loss(failing, names, group=blamed, items=dropped, step="drop_nonfinite", advice=_DROP_ADVICE[how])
     adata = target(adata, copy=copy)
     results = {}
     if how == "features":

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cpembed._validation import check_groups_present
+from cpembed._validation import check_groups_present, check_in_memory, get_finite_matrix
 
-from ._utils import control_mask, finite_matrix, float_dtype, plate_labels, write_transform
+from ._utils import column_scale, control_mask, float_dtype, plate_labels, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,12 +34,14 @@ def _location_and_spread(block: np.ndarray, method: NormalizationMethod) -> tupl
     if method == "mad_robustize":
         median = np.median(block, axis=0)
         return median, np.median(np.abs(block - median), axis=0)
-    mean, variance = block.mean(axis=0), block.var(axis=0)
+    scale = column_scale(block)  # so that squares of huge values do not overflow
+    scaled = block / scale
+    mean, variance = scaled.mean(axis=0), scaled.var(axis=0)
     # scikit-learn's bound on the rounding error of a variance: below it, a feature counts as constant (spread 0).
     eps = np.finfo(np.float64).eps
     n = block.shape[0]
     constant = variance <= n * eps * variance + (n * mean * eps) ** 2
-    return mean, np.where(constant, 0.0, np.sqrt(variance))
+    return mean * scale, np.where(constant, 0.0, np.sqrt(variance) * scale)
 
 
 def control_statistics(
@@ -123,8 +125,9 @@ def normalize_to_controls_array(
         scale = np.where(spread == 0, 1.0, spread)
     codes = np.searchsorted(plate_names, plates)
     normalized = np.empty(matrix.shape, dtype=float_dtype(matrix))
-    for code, rows in enumerate(_rows_per_plate(codes, plate_names.size)):
-        normalized[rows] = (matrix[rows] - location[code]) / scale[code]
+    with np.errstate(over="ignore"):  # values beyond the dtype's range: write_transform refuses them with a message
+        for code, rows in enumerate(_rows_per_plate(codes, plate_names.size)):
+            normalized[rows] = (matrix[rows] - location[code]) / scale[code]
     return normalized
 
 
@@ -199,7 +202,8 @@ def normalize_to_controls(
     Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
     *Nature Communications* 15, 6516 (2024).
     """
-    matrix = finite_matrix(adata, layer=layer)
+    check_in_memory(adata, copy=copy)
+    matrix = get_finite_matrix(adata, layer=layer)
     normalized = normalize_to_controls_array(
         matrix,
         plate_labels(adata, plate_key),

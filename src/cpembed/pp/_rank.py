@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.stats import norm
 
-from ._utils import column_blocks, finite_matrix, float_dtype, write_transform
+from cpembed._validation import check_in_memory, get_finite_matrix
+
+from ._utils import column_blocks, float_dtype, write_transform
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -120,5 +122,6 @@ def rank_inverse_normal(
     Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
     *Nature Communications* 15, 6516 (2024).
     """
-    transformed = rank_inverse_normal_array(finite_matrix(adata, layer=layer), c=c)
+    check_in_memory(adata, copy=copy)
+    transformed = rank_inverse_normal_array(get_finite_matrix(adata, layer=layer), c=c)
     return write_transform(adata, transformed, "rank_inverse_normal", {"c": c, "layer": layer}, layer=layer, copy=copy)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpembed._validation import check_groups_present
+from cpembed._validation import check_groups_present, check_in_memory
 
-from ._clip import clip_quantiles
-from ._correlation import correlation_filter
+from ._clip import check_quantile_levels, clip_quantiles
+from ._correlation import check_correlation_threshold, correlation_filter
 from ._nonfinite import drop_nonfinite
 from ._normalize import normalize_to_controls
 from ._rank import rank_inverse_normal
 from ._utils import control_mask, plate_labels, record, target
-from ._variation import control_variation_filter, variation_filter
+from ._variation import check_min_coef_var, check_variation_cuts, control_variation_filter, variation_filter
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+logger = logging.getLogger(__name__)
 
 
 def recipe_jump(
@@ -82,7 +85,16 @@ def recipe_jump(
     -------
     With ``copy=True`` the preprocessed AnnData, else ``None``: ``adata`` is subset to the kept features and its
     ``X`` overwritten with the preprocessed values. Each step records itself in ``adata.uns["cpembed_pp"]``, and
-    the recipe's own parameters go to ``adata.uns["cpembed_pp"]["recipe_jump"]``.
+    the recipe's own parameters go to ``adata.uns["cpembed_pp"]["recipe_jump"]``, with ``n_wells`` and
+    ``n_features`` (before and after); the change of shape is also logged.
+
+    Raises
+    ------
+    ValueError
+        Before any step runs: an argument out of range, a plate without negative controls, a backed ``adata``
+        with ``copy=False``. During the steps: a step that would drop every feature, or of which one plate or well
+        alone would drop most (the message names it). ``adata`` is then left unchanged: the steps run on a copy,
+        which replaces ``adata`` only once all succeeded.
 
     References
     ----------
@@ -97,18 +109,26 @@ def recipe_jump(
     >>> list(adata.uns["cpembed_pp"])[-1]
     'recipe_jump'
     """
-    plates = plate_labels(adata, plate_key)  # fail on bad input before any step changes the data
+    check_in_memory(adata, copy=copy)  # every argument is checked before any step runs
+    plates = plate_labels(adata, plate_key)
     controls = control_mask(adata, control_key, control_value)
     check_groups_present(plates[controls], np.unique(plates), "plates have no negative-control well")
-    adata = target(adata, copy=copy)
-    drop_nonfinite(adata, how="features")
-    control_variation_filter(adata, plate_key, control_key, control_value=control_value, min_coef_var=min_coef_var)
-    normalize_to_controls(adata, plate_key, control_key, control_value=control_value, method="mad_robustize")
-    rank_inverse_normal(adata)
-    variation_filter(adata, freq_cut=freq_cut, unique_cut=unique_cut)
-    correlation_filter(adata, threshold=corr_threshold)
+    check_min_coef_var(min_coef_var)
+    check_variation_cuts(freq_cut, unique_cut)
+    check_correlation_threshold(corr_threshold)
     if clip is not None:
-        clip_quantiles(adata, lower=clip[0], upper=clip[1])
+        if np.ndim(clip) != 1 or len(clip) != 2:
+            raise ValueError(f"clip={clip!r} must be None or a pair of quantile levels (lower, upper).")
+        check_quantile_levels(*clip)
+    result = target(adata, copy=True)  # the steps change a copy, so a step that fails leaves `adata` as it was
+    drop_nonfinite(result, how="features")
+    control_variation_filter(result, plate_key, control_key, control_value=control_value, min_coef_var=min_coef_var)
+    normalize_to_controls(result, plate_key, control_key, control_value=control_value, method="mad_robustize")
+    rank_inverse_normal(result)
+    variation_filter(result, freq_cut=freq_cut, unique_cut=unique_cut)
+    correlation_filter(result, threshold=corr_threshold)
+    if clip is not None:
+        clip_quantiles(result, lower=clip[0], upper=clip[1])
     params = {
         "plate_key": plate_key,
         "control_key": control_key,
@@ -119,5 +139,9 @@ def recipe_jump(
         "corr_threshold": corr_threshold,
         "clip": None if clip is None else list(clip),
     }
-    record(adata, "recipe_jump", params)
-    return adata if copy else None
+    record(result, "recipe_jump", params, n_wells=result.n_obs, n_features=[adata.n_vars, result.n_vars])
+    logger.info("recipe_jump kept %d of %d features of %d wells", result.n_vars, adata.n_vars, result.n_obs)
+    if copy:
+        return result
+    adata._init_as_actual(result)
+    return None

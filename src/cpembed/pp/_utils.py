@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cpembed._validation import check_finite, check_obs_complete, check_obs_keys, control_flags, get_matrix
+from cpembed._validation import (
+    check_obs_complete,
+    check_obs_keys,
+    check_result_finite,
+    control_flags,
+    matrix_name,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,24 +24,31 @@ UNS_KEY = "cpembed_pp"
 
 
 def target(adata: AnnData, *, copy: bool) -> AnnData:
-    """Return the AnnData a step changes: a copy, or ``adata`` itself (made actual if it is a view)."""
+    """Return the AnnData a step changes: an in-memory copy, or ``adata`` itself (made actual if it is a view).
+
+    A backed ``adata`` is copied to memory (steps refuse it with ``copy=False`` first, with
+    :func:`~cpembed._validation.check_in_memory`).
+    """
     if copy:
-        return adata.copy()
+        return adata.to_memory() if adata.isbacked else adata.copy()
     if adata.is_view:
         adata._init_as_actual(adata.copy())
     return adata
 
 
-def finite_matrix(adata: AnnData, *, layer: str | None = None) -> np.ndarray:
-    """The numeric matrix of ``adata.X`` (or ``layer``), after checking it holds no NaN or infinite value."""
-    matrix = get_matrix(adata, layer=layer)
-    check_finite(matrix, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
-    return matrix
-
-
 def float_dtype(matrix: np.ndarray) -> np.dtype:
     """The dtype a transform writes: the input's float dtype (float32 stays float32), float64 otherwise."""
     return matrix.dtype if np.issubdtype(matrix.dtype, np.floating) else np.dtype(np.float64)
+
+
+def column_scale(matrix: np.ndarray) -> np.ndarray:
+    """Per column, the power of two at or above its largest absolute value (1 for a column of zeros), float64.
+
+    Dividing by it is exact, and brings every value into [-1, 1], where sums of squares cannot overflow even
+    for values near float64's limit; scale-free statistics (correlations, z-scores) are unchanged.
+    """
+    largest = np.maximum(matrix.max(axis=0, initial=0), -matrix.min(axis=0, initial=0)).astype(np.float64)
+    return np.exp2(np.ceil(np.log2(np.where(largest > 0, largest, 1.0))))
 
 
 def write_matrix(adata: AnnData, values: np.ndarray, *, layer: str | None) -> None:
@@ -104,8 +117,10 @@ def write_transform(
 ) -> AnnData | None:
     """Finish a transform: write ``values`` to (a copy of) ``adata`` where they were read from and record ``params``.
 
-    Returns the transformed copy with ``copy=True``, else ``None`` (``adata`` is changed in place).
+    Returns the transformed copy with ``copy=True``, else ``None`` (``adata`` is changed in place). Refuses values
+    that overflowed to NaN or infinity, before changing anything.
     """
+    check_result_finite(values, f"{step}'s result for {matrix_name(layer=layer)}")
     adata = target(adata, copy=copy)
     write_matrix(adata, values, layer=layer)
     record(adata, step, params)

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpembed._validation import check_filter_loss, check_in_memory, get_finite_matrix
+
 from ._normalize import control_statistics
-from ._utils import column_blocks, control_mask, filter_features, finite_matrix, plate_labels
+from ._utils import column_blocks, control_mask, filter_features, plate_labels
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -35,6 +37,26 @@ def _frequency_statistics(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return n_unique, ratio
 
 
+def check_variation_cuts(freq_cut: float, unique_cut: float) -> None:
+    """Raise a ValueError unless both thresholds of :func:`variation_mask` lie in [0, 1]."""
+    for name, value in (("freq_cut", freq_cut), ("unique_cut", unique_cut)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}={value} must lie in [0, 1].")
+
+
+def variation_failures(matrix: np.ndarray, *, freq_cut: float = 0.05, unique_cut: float = 0.01) -> np.ndarray:
+    """Which features fail each of pycytominer's two frequency rules: 2 × features, the ``freq_cut`` rule first.
+
+    See :func:`variation_mask` for the rules and parameters.
+    """
+    check_variation_cuts(freq_cut, unique_cut)
+    failing = np.empty((2, matrix.shape[1]), dtype=bool)
+    for columns in column_blocks(matrix.shape, "variation filter"):
+        n_unique, ratio = _frequency_statistics(matrix[:, columns])
+        failing[:, columns] = ratio < freq_cut, n_unique / matrix.shape[0] < unique_cut
+    return failing
+
+
 def variation_mask(matrix: np.ndarray, *, freq_cut: float = 0.05, unique_cut: float = 0.01) -> np.ndarray:
     """Boolean mask of the features that pass pycytominer's frequency rule.
 
@@ -53,14 +75,7 @@ def variation_mask(matrix: np.ndarray, *, freq_cut: float = 0.05, unique_cut: fl
     -------
     ``True`` for the features to keep.
     """
-    for name, value in (("freq_cut", freq_cut), ("unique_cut", unique_cut)):
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name}={value} must lie in [0, 1].")
-    keep = np.empty(matrix.shape[1], dtype=bool)
-    for columns in column_blocks(matrix.shape, "variation filter"):
-        n_unique, ratio = _frequency_statistics(matrix[:, columns])
-        keep[columns] = (ratio >= freq_cut) & (n_unique / matrix.shape[0] >= unique_cut)
-    return keep
+    return ~variation_failures(matrix, freq_cut=freq_cut, unique_cut=unique_cut).any(axis=0)
 
 
 def variation_filter(
@@ -89,13 +104,49 @@ def variation_filter(
     With ``copy=True`` the filtered AnnData, else ``None``: ``adata`` is subset to the kept features in place.
     Records ``params`` and ``dropped_features`` in ``adata.uns["cpembed_pp"]["variation_filter"]``.
 
+    Raises
+    ------
+    ValueError
+        When no feature would be kept, or one rule alone would drop more features than are kept.
+
     References
     ----------
     Serrano, E. et al. Reproducible image-based profiling with Pycytominer. *Nature Methods* (2025),
     doi:10.1038/s41592-025-02611-8.
     """
-    keep = variation_mask(finite_matrix(adata), freq_cut=freq_cut, unique_cut=unique_cut)
+    check_in_memory(adata, copy=copy)
+    failing = variation_failures(get_finite_matrix(adata), freq_cut=freq_cut, unique_cut=unique_cut)
+    check_filter_loss(
+        failing,
+        [f"freq_cut={freq_cut}", f"unique_cut={unique_cut}"],
+        group="rule",
+        items="features",
+        step="variation_filter",
+        advice="Lower that threshold, or check that adata.X holds varying values in enough wells.",
+    )
+    keep = ~failing.any(axis=0)
     return filter_features(adata, keep, "variation_filter", {"freq_cut": freq_cut, "unique_cut": unique_cut}, copy=copy)
+
+
+def check_min_coef_var(min_coef_var: float) -> None:
+    """Raise a ValueError unless the threshold of :func:`control_variation_mask` is a finite number >= 0."""
+    if not 0 <= min_coef_var < np.inf:
+        raise ValueError(f"min_coef_var={min_coef_var} must be a finite number >= 0.")
+
+
+def control_variation_failures(
+    matrix: np.ndarray, plates: np.ndarray, controls: np.ndarray, *, min_coef_var: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The plates (sorted) and, plates × features, where a plate's controls vary too little for the feature.
+
+    See :func:`control_variation_mask` for the rule and parameters.
+    """
+    check_min_coef_var(min_coef_var)
+    plate_names, median, mad = control_statistics(matrix, plates, controls, method="mad_robustize")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef_var = np.abs(mad / median)
+    coef_var[~np.isfinite(coef_var)] = 0
+    return plate_names, (mad == 0) | (coef_var <= min_coef_var)
 
 
 def control_variation_mask(
@@ -115,17 +166,14 @@ def control_variation_mask(
     controls
         Boolean mask of the negative-control wells; every plate needs at least one.
     min_coef_var
-        Threshold on ``|MAD / median|``.
+        Threshold on ``|MAD / median|``, >= 0.
 
     Returns
     -------
     ``True`` for the features to keep.
     """
-    _, median, mad = control_statistics(matrix, plates, controls, method="mad_robustize")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        coef_var = np.abs(mad / median)
-    coef_var[~np.isfinite(coef_var)] = 0
-    return ((mad != 0) & (coef_var > min_coef_var)).all(axis=0)
+    _, failing = control_variation_failures(matrix, plates, controls, min_coef_var=min_coef_var)
+    return ~failing.any(axis=0)
 
 
 def control_variation_filter(
@@ -164,16 +212,34 @@ def control_variation_filter(
     With ``copy=True`` the filtered AnnData, else ``None``: ``adata`` is subset to the kept features in place.
     Records ``params`` and ``dropped_features`` in ``adata.uns["cpembed_pp"]["control_variation_filter"]``.
 
+    Raises
+    ------
+    ValueError
+        When a plate has no negative-control well, when no feature would be kept, or when one plate alone would drop
+        more features than are kept (a plate with a single control well, or with identical controls): the message
+        names the plates and their number of control wells.
+
     References
     ----------
     Arevalo, J. et al. Evaluating batch correction methods for image-based cell profiling.
     *Nature Communications* 15, 6516 (2024).
     """
-    keep = control_variation_mask(
-        finite_matrix(adata),
-        plate_labels(adata, plate_key),
-        control_mask(adata, control_key, control_value),
-        min_coef_var=min_coef_var,
+    check_in_memory(adata, copy=copy)
+    plates, controls = plate_labels(adata, plate_key), control_mask(adata, control_key, control_value)
+    plate_names, failing = control_variation_failures(
+        get_finite_matrix(adata), plates, controls, min_coef_var=min_coef_var
     )
+    n_controls = np.unique(plates[controls], return_counts=True)[1]  # every plate has one, as checked above
+    check_filter_loss(
+        failing,
+        plate_names,
+        group="plate",
+        items="features",
+        step="control_variation_filter",
+        advice="Every plate needs at least 2 negative-control wells whose values differ: fix that plate's controls, "
+        f"drop the plate, name coarser groups with `plate_key` (e.g. the batch), or lower min_coef_var={min_coef_var}.",
+        notes=[f" ({count} control well{'s' if count > 1 else ''})" for count in n_controls],
+    )
+    keep = ~failing.any(axis=0)
     params = {"plate_key": plate_key, "control_key": control_key, "control_value": control_value}
     return filter_features(adata, keep, "control_variation_filter", {**params, "min_coef_var": min_coef_var}, copy=copy)

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Literal
 import pandas as pd
 from anndata import AnnData
 
-from cpembed._validation import check_layer, check_obs_keys
+from cpembed._validation import check_layer, check_obs_keys, get_finite_matrix
+
+from ._common import check_batch_labels
 
 if TYPE_CHECKING:
     from cpembed.model import CellPainTR
@@ -87,12 +89,21 @@ def cellpaintr(
     -------
     With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x ``d_model``),
     the stage embeddings on request, and ``adata.uns[key_added]["params"]``.
+
+    Raises
+    ------
+    ValueError
+        When the features hold NaN or infinite values, or ``batch_key`` has missing labels, before any training.
     """
     if model is not None and train_kwargs:
         raise ValueError(f"A trained model was given; training arguments {sorted(train_kwargs)} would be ignored.")
     if model is None:
         check_obs_keys(adata, batch_key, labels_key)
         check_layer(adata, layer)
+        if batch_key is not None:
+            check_batch_labels(adata, batch_key)
+    get_finite_matrix(adata, layer=layer if model is None else model.registry_["setup_args"]["layer"])
+    if model is None:
         model, preset = untrained_model(adata, layer, batch_key, labels_key, unlabeled_category, preset, model_kwargs)
         model.train(preset=preset, **train_kwargs)
     embeddings = {key_added: model.get_latent_representation(adata)}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from cpembed._validation import check_finite, check_obs_keys, get_matrix
+from cpembed._validation import check_obs_keys, get_finite_matrix
 
 from ._common import check_several_batches, store_embedding
 
@@ -58,7 +58,8 @@ def combat(
         When ``batch_key`` or a covariate is not an ``.obs`` column.
     ValueError
         When the data hold NaN or inf, when there is a single batch or a batch of one well (its variance is
-        undefined and scanpy would return NaN everywhere), or when a covariate has missing values.
+        undefined and scanpy would return NaN everywhere), when a covariate has missing values, or when the covariates
+        are constant or confounded with the batch.
 
     References
     ----------
@@ -69,8 +70,7 @@ def combat(
     check_obs_keys(adata, *covariate_keys)
     check_several_batches(adata, batch_key)
     _check_batch_sizes(adata.obs[batch_key], batch_key)
-    matrix = get_matrix(adata, layer=layer)
-    check_finite(matrix, f"adata.layers[{layer!r}]" if layer else "adata.X")
+    matrix = get_finite_matrix(adata, layer=layer)
     corrected = combat_array(matrix, adata.obs[[batch_key, *covariate_keys]], batch_key, covariate_keys)
     params = {"batch_key": batch_key, "layer": layer, "covariate_keys": covariate_keys}
     return store_embedding(adata, corrected, key_added, params, copy=copy)
@@ -95,11 +95,31 @@ def combat_array(
     """
     import scanpy as sc
 
+    _check_not_confounded(design[batch_key], design[list(covariate_keys)], batch_key)
     covariates = _encode_covariates(design[list(covariate_keys)])
     obs = pd.concat([design[[batch_key]], covariates], axis=1).set_axis(design.index.astype(str))
     temporary = AnnData(X=np.asarray(matrix, dtype=np.float64), obs=obs)
     corrected = sc.pp.combat(temporary, batch_key, covariates=list(covariates.columns) or None, inplace=False)
     return corrected.astype(np.float32)
+
+
+def _check_not_confounded(batches: pd.Series, covariates: pd.DataFrame, batch_key: str) -> None:
+    """Raise when the covariates are constant or confounded with the batch, which makes ComBat's design singular.
+
+    ComBat regresses every feature on the batch indicators and the covariates together; a covariate that the batch
+    determines (each of its levels within a single batch, or equal to the batch) or that is constant has no effect
+    of its own to estimate. Each covariate is tested against the batches, then all of them together.
+    """
+    indicators = pd.get_dummies(batches.astype(str), dtype=np.float64).to_numpy()
+    groups = [[key] for key in covariates.columns] + ([list(covariates.columns)] if covariates.shape[1] > 1 else [])
+    for keys in groups:
+        design = np.hstack([indicators, _encode_covariates(covariates[keys]).to_numpy()])
+        if np.linalg.matrix_rank(design) < design.shape[1]:
+            raise ValueError(
+                f"covariate_keys {keys} are constant or confounded with adata.obs[{batch_key!r}]: the batch determines "
+                "their values, so ComBat cannot separate their effect from the batch effect. Drop them from "
+                "covariate_keys, or use covariates that vary within batches."
+            )
 
 
 def _encode_covariates(covariates: pd.DataFrame) -> pd.DataFrame:

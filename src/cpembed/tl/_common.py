@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpembed._validation import check_obs_keys
+from cpembed._validation import check_obs_keys, check_result_finite
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -15,14 +15,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def check_batch_labels(adata: AnnData, batch_key: str) -> None:
+    """Raise when ``obs[batch_key]`` is missing or has missing labels, naming the column and how many."""
+    check_obs_keys(adata, batch_key)
+    n_missing = int(adata.obs[batch_key].isna().sum())
+    if n_missing:
+        raise ValueError(f"adata.obs[{batch_key!r}] has {n_missing} missing batch labels; label or drop those rows.")
+
+
 def check_several_batches(adata: AnnData, batch_key: str) -> None:
     """Raise when ``obs[batch_key]`` is missing, has missing labels, or holds a single batch (nothing to correct)."""
-    check_obs_keys(adata, batch_key)
+    check_batch_labels(adata, batch_key)
     labels = adata.obs[batch_key]
-    if labels.isna().any():
-        raise ValueError(
-            f"adata.obs[{batch_key!r}] has {int(labels.isna().sum())} missing batch labels; label or drop those rows."
-        )
     if labels.nunique() < 2:
         raise ValueError(
             f"adata.obs[{batch_key!r}] holds a single batch ({labels.iloc[0]!r}): there is nothing to correct."
@@ -35,8 +39,10 @@ def store_embedding(
     """Write ``embedding`` to ``.obsm[key_added]`` and ``params`` to ``.uns[key_added]["params"]``.
 
     With ``copy=True`` the result goes to a copy of ``adata``, which is returned; otherwise ``adata`` is changed
-    in place (only those two entries) and ``None`` is returned, as scanpy's ``tl`` functions do.
+    in place (only those two entries) and ``None`` is returned, as scanpy's ``tl`` functions do. An embedding with
+    NaN or infinite values (an overflow) is refused before anything is written.
     """
+    check_result_finite(embedding, f"adata.obsm[{key_added!r}]")
     target = adata.copy() if copy else adata
     target.obsm[key_added] = embedding
     target.uns[key_added] = {"params": params}

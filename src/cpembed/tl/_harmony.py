@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from cpembed._validation import check_finite
+from cpembed._validation import get_finite_matrix
 
 from ._common import check_several_batches, store_embedding
 
@@ -61,7 +61,8 @@ def harmony(
     KeyError
         When ``batch_key`` is not an ``.obs`` column or ``basis`` not an ``.obsm`` key.
     ValueError
-        When the embedding holds NaN or inf, or when there is a single batch.
+        When the embedding holds NaN or inf, when there is a single batch, or when the number of clusters is not
+        between 1 and the number of wells (Harmony's default gives 0 clusters below 16 wells).
 
     References
     ----------
@@ -75,11 +76,22 @@ def harmony(
             f"{basis!r} not found in adata.obsm (available: {list(adata.obsm)}). Harmony corrects an embedding: "
             "run sc.pp.pca(adata) first, or pass `basis=`."
         )
-    embedding = np.asarray(adata.obsm[basis])
-    check_finite(embedding, f"adata.obsm[{basis!r}]")
+    embedding = get_finite_matrix(adata, obsm_key=basis)
+    _check_clusters(adata.n_obs, harmony_kwargs.get("nclust"))
     corrected = harmony_array(embedding, adata.obs[batch_key], random_state=random_state, **harmony_kwargs)
     params = {"batch_key": batch_key, "basis": basis, "random_state": random_state, **harmony_kwargs}
     return store_embedding(adata, corrected, key_added, params, copy=copy)
+
+
+def _check_clusters(n_wells: int, nclust: int | None) -> None:
+    """Raise unless Harmony gets between 1 and ``n_wells`` clusters (its default is ``round(n_wells / 30)``)."""
+    if nclust is None and round(n_wells / 30) < 1:
+        raise ValueError(
+            f"Harmony's default number of clusters, round(n_wells / 30), is 0 for {n_wells} wells: use at least 16 "
+            "wells, or pass `nclust=` (e.g. nclust=1, which corrects each batch's mean offset)."
+        )
+    if nclust is not None and not 1 <= nclust <= n_wells:
+        raise ValueError(f"nclust={nclust} must lie between 1 and the number of wells ({n_wells}).")
 
 
 def harmony_array(

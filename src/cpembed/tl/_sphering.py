@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
-from cpembed._validation import check_finite, control_flags, get_matrix
+from cpembed._validation import control_flags, get_finite_matrix
 
 from ._common import store_embedding
 
@@ -87,8 +87,7 @@ def sphering(
     methods for image-based cell profiling. *Nature Communications* 15, 6516 (2024).
     """
     controls = _control_mask(adata, control_key)
-    matrix = get_matrix(adata, layer=layer)
-    check_finite(matrix, f"adata.layers[{layer!r}]" if layer else "adata.X")
+    matrix = get_finite_matrix(adata, layer=layer)
     whitened = sphering_array(matrix, controls, epsilon=epsilon, method=method)
     params = {
         "control_key": control_key,
@@ -123,7 +122,7 @@ def sphering_array(
             stacklevel=3,
         )
     mean = reference.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(reference, rowvar=False))
+    eigenvalues, eigenvectors = np.linalg.eigh(np.atleast_2d(np.cov(reference, rowvar=False)))  # 1 × 1 for one feature
     eigenvalues, eigenvectors = np.clip(eigenvalues[::-1], 0.0, None), eigenvectors[:, ::-1]
     whitening = eigenvectors / np.sqrt(eigenvalues + epsilon)
     if method == "ZCA":
