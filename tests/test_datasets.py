@@ -85,7 +85,7 @@ def test_each_call_returns_a_fresh_copy(load):
 )
 @needs_shared
 def test_bundled_matrix_equals_source_table(load, source):
-    table = pd.read_csv(SHARED_DATA / source)
+    table = pd.read_csv(SHARED_DATA / source, float_precision="round_trip")
     features = [name for name in table.columns if not name.startswith("Metadata_")]
     adata = load()
     assert list(adata.var_names) == features

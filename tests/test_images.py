@@ -182,3 +182,64 @@ def test_read_nf1_folder_real_fields_skips_masks():
     assert sorted(fields.obs["Metadata_Well"]) == ["B7", "D6", "D7", "F7", "H12"]
     assert fields.obs.loc["Plate_2_B7_3", "FileName_OrigDAPI"] == "B7_01_1_3_DAPI_001.tif"
     assert not any("Mask" in str(v) for v in fields.obs.to_numpy().ravel())
+
+
+@pytest.mark.parametrize("intensity_scale", ["plate", "field"])
+def test_build_image_store_keeps_the_previous_store_when_a_tiff_is_corrupt(tmp_path, intensity_scale):
+    write_fields(tmp_path, np.random.default_rng(0))
+    fields = cpe.io.read_images(tmp_path / "load_data.csv")
+    store = tmp_path / "store.h5"
+    cpe.io.build_image_store(fields, store, intensity_scale=intensity_scale)
+    before = cpe.io.read_store_images(store, [0, 1])
+    (tmp_path / "B02_Mito.tif").write_bytes(b"II*\x00 not really a TIFF")  # the second field, half-way through
+    with pytest.raises(ValueError, match=r"Cannot read .*B02_Mito\.tif as a TIFF image \(field 'P1_B02_1', channel"):
+        cpe.io.build_image_store(fields, store, intensity_scale=intensity_scale, overwrite=True)
+    np.testing.assert_array_equal(cpe.io.read_store_images(store, [0, 1]), before)
+    with pytest.raises(ValueError, match=r"B02_Mito\.tif"):
+        cpe.io.build_image_store(fields, tmp_path / "new.h5", intensity_scale=intensity_scale)
+    assert not (tmp_path / "new.h5").exists()
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_image_store_readers_name_files_that_are_not_stores(tmp_path):
+    text = tmp_path / "profiles.csv"
+    text.write_text("Metadata_Well,Cells_A\nA01,1\n")
+    with pytest.raises(ValueError, match=r"Cannot read .*profiles\.csv as an HDF5 image store"):
+        cpe.io.read_store_images(text, [0])
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as file:
+        file["X"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"other\.h5 is an HDF5 file but not an image store.*\['X'\]"):
+        cpe.io.read_store_images(other, [0])
+    with pytest.raises(FileNotFoundError, match=r"missing\.h5"):
+        cpe.io.read_store_images(tmp_path / "missing.h5", [0])
+
+
+def test_read_images_keeps_loaddata_text(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("001.tif", "1.tif"):
+        tifffile.imwrite(tmp_path / name, rng.integers(0, 900, (8, 8), dtype=np.uint16))
+    load = tmp_path / "load.csv"
+    load.write_text(
+        "Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA,PathName_OrigDNA\n"
+        f"01,A01,1,001.tif,{tmp_path}\n1,A01,01,1.tif,{tmp_path}\n"
+    )
+    fields = cpe.io.read_images(load)
+    assert list(fields.obs["Metadata_Plate"]) == ["01", "1"]
+    assert list(fields.obs["FileName_OrigDNA"]) == ["001.tif", "1.tif"]
+    assert list(fields.obs["Metadata_Site"]) == [1, 1]
+    assert list(fields.obs_names) == ["01_A01_1", "1_A01_1"]
+    store = cpe.io.build_image_store(fields, tmp_path / "store.h5", intensity_scale="field")
+    assert store.n_obs == 2
+    load.write_text("Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA\nP,A01,one,1.tif\n")
+    with pytest.raises(ValueError, match=r"Metadata_Site must hold whole numbers, not \['one'\]"):
+        cpe.io.read_images(load)
+
+
+def test_read_store_images_refuses_rows_outside_the_store(tmp_path):
+    write_fields(tmp_path, np.random.default_rng(0))
+    store = tmp_path / "store.h5"
+    cpe.io.build_image_store(cpe.io.read_images(tmp_path / "load_data.csv"), store)
+    for rows in ([2], [-1]):
+        with pytest.raises(IndexError, match=r"\[0, 2\), the rows of the store .*store\.h5"):
+            cpe.io.read_store_images(store, rows)

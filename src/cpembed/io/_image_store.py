@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_indices, reading_file
+from ._files import partial_path
+
 IMAGE_INDEX_KEY = "image_index"
 STORE_UNS_KEY = "image_store"
 MASK_NAMES = ("nuclei", "cells")
@@ -102,6 +105,10 @@ def to_uint8(
 class ImageStoreWriter:
     """Write images (and optional masks) one at a time into a new HDF5 image store.
 
+    The store is written to a temporary file beside ``path`` that replaces ``path`` only when the writer closes
+    without an error (at the end of a ``with`` block, or on :meth:`close`): a failure half-way leaves no partial
+    store, and a store being overwritten stays intact until the new one is complete.
+
     Parameters
     ----------
     path
@@ -133,17 +140,21 @@ class ImageStoreWriter:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.file = h5py.File(path, "w")
-        n_channels = len(channels)
-        self.images = self.file.create_dataset(
-            "images", shape=(n_images, n_channels, *shape), dtype="uint8", chunks=(1, n_channels, *shape)
-        )
-        self.masks = create_mask_datasets(self.file, "masks", n_images, shape) if with_masks else {}
-        self.file.attrs["channels"] = [str(channel) for channel in channels]
-        self.file.attrs["clip_percentile"] = clip_percentile
-        self.file.attrs["intensity_scale"] = intensity_scale
+        self.partial = partial_path(path)
+        self.file = h5py.File(self.partial, "w")
+        try:
+            n_channels = len(channels)
+            self.images = self.file.create_dataset(
+                "images", shape=(n_images, n_channels, *shape), dtype="uint8", chunks=(1, n_channels, *shape)
+            )
+            self.masks = create_mask_datasets(self.file, "masks", n_images, shape) if with_masks else {}
+            self.file.attrs["channels"] = [str(channel) for channel in channels]
+            self.file.attrs["clip_percentile"] = clip_percentile
+            self.file.attrs["intensity_scale"] = intensity_scale
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, index: int, image: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> None:
         """Store uint8 ``image`` (and ``masks``, a dict with the names in ``MASK_NAMES``) at row ``index``."""
@@ -154,14 +165,23 @@ class ImageStoreWriter:
             self.masks[name][index] = mask
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the store and move it to ``path``, replacing any file there."""
         self.file.close()
+        self.partial.replace(self.path)
+
+    def discard(self) -> None:
+        """Close and delete the unfinished store, leaving ``path`` as it was."""
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> ImageStoreWriter:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def create_mask_datasets(file, group: str, n_images: int, shape: tuple[int, int]) -> dict:
@@ -188,15 +208,41 @@ def store_info(path: str | Path, channels: Sequence[str]) -> dict:
     return {"path": str(Path(path).resolve()), "channels": [str(channel) for channel in channels]}
 
 
-def read_store_images(path: str | Path, indices: Sequence[int] | np.ndarray, what: str = "images") -> np.ndarray:
-    """Read rows ``indices`` of ``images`` (or ``masks/nuclei``, ``masks/cells``) from a store, in the given order."""
+def open_image_store(path: str | Path, mode: str = "r"):
+    """Open an image store with h5py (``mode`` ``"r"`` or ``"r+"``); every reader of stores opens them here.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ValueError
+        Naming ``path``, when it is not an HDF5 file (or is truncated) or has no 4-D ``images`` dataset.
+    """
     import h5py
 
-    indices = np.asarray(indices, dtype=np.int64)
-    with h5py.File(path, "r") as file:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image store {path} does not exist.")
+    with reading_file(path, "an HDF5 image store (build one with cpembed.io.build_image_store)"):
+        file = h5py.File(path, mode)
+    images = file.get("images")
+    if not isinstance(images, h5py.Dataset) or images.ndim != 4:
+        contents = list(file)
+        file.close()
+        raise ValueError(
+            f"{path} is an HDF5 file but not an image store: it has no 4-D 'images' dataset (it holds {contents}). "
+            "Build an image store with cpembed.io.build_image_store or cpembed.datasets.simulate_images."
+        )
+    return file
+
+
+def read_store_images(path: str | Path, indices: Sequence[int] | np.ndarray, what: str = "images") -> np.ndarray:
+    """Read rows ``indices`` of ``images`` (or ``masks/nuclei``, ``masks/cells``) from a store, in the given order."""
+    with open_image_store(path) as file:
         if what not in file:
             raise KeyError(f"{path} has no {what!r} dataset (available: {list(file)}).")
         dataset = file[what]
+        indices = check_indices(np.asarray(indices), dataset.shape[0], f"the store {path}")
         out = np.empty((len(indices), *dataset.shape[1:]), dtype=dataset.dtype)
         for row, index in enumerate(indices):
             dataset.read_direct(out, np.s_[index], np.s_[row])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._validation import reading_file
 from ._image_store import (
     DEFAULT_CLIP_PERCENTILE,
     IMAGE_INDEX_KEY,
@@ -99,12 +100,19 @@ def _sorted_channels(channels) -> list[str]:
 
 
 def _fields_from_loaddata(csv: Path) -> pd.DataFrame:
-    fields = pd.read_csv(csv)
+    """The rows of a LoadData CSV, every value as text (plate ``01``, file ``001.tif``) except the site number."""
+    with reading_file(csv, "a LoadData CSV file"):
+        fields = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     missing = [key for key in FIELD_KEYS if key not in fields]
     if missing:
         raise KeyError(f"LoadData file {csv} lacks the column(s) {missing}.")
     if not any(column.startswith("FileName_Orig") for column in fields):
         raise KeyError(f"LoadData file {csv} has no FileName_Orig<Channel> column.")
+    sites = pd.to_numeric(fields["Metadata_Site"], errors="coerce")
+    wrong = fields.loc[sites.isna() | (sites % 1 != 0), "Metadata_Site"]
+    if len(wrong):
+        raise ValueError(f"LoadData file {csv}: Metadata_Site must hold whole numbers, not {wrong.tolist()[:5]}.")
+    fields["Metadata_Site"] = sites.astype(np.int64)
     return fields
 
 
@@ -169,7 +177,12 @@ def _read_field(row: pd.Series, channels: Sequence[str]) -> np.ndarray:
         name, folder = row.get(f"FileName_Orig{channel}"), row.get(f"PathName_Orig{channel}")
         if not isinstance(name, str):
             raise ValueError(f"Field {row.name!r} has no file for channel {channel!r}.")
-        planes.append(tifffile.imread(Path(folder) / name if isinstance(folder, str) else Path(name)))
+        path = Path(folder) / name if isinstance(folder, str) else Path(name)
+        with reading_file(path, f"a TIFF image (field {row.name!r}, channel {channel!r})"):
+            plane = tifffile.imread(path)
+            if plane.ndim != 2 or not plane.size:  # tifffile reads some corrupt files as empty arrays
+                raise ValueError(f"expected one 2-D image, found an array of shape {plane.shape}")
+        planes.append(plane)
     shapes = {plane.shape for plane in planes}
     if len(shapes) > 1:
         raise ValueError(f"Field {row.name!r}: channels differ in shape {sorted(shapes)}.")
@@ -233,7 +246,8 @@ def build_image_store(
         (``obs["Metadata_Plate"]``, read twice: once to measure, once to store; needs uint8 or uint16 images).
         ``"field"``: each field is stretched on its own, which erases intensity phenotypes.
     overwrite
-        Replace an existing file.
+        Replace an existing file. The store is written to a temporary file that replaces ``path`` only once every
+        image is stored, so an unreadable image leaves no partial store and an existing store intact.
 
     Returns
     -------

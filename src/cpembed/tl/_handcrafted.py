@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..io._image_store import read_store_images, store_path
+from ..io._image_store import open_image_store, read_store_images, store_path
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -186,9 +186,7 @@ def handcrafted_features(
 
     check_obs_keys(adata, "image_index")
     image_store = store_path(adata, image_store)
-    import h5py
-
-    with h5py.File(image_store, "r") as file:
+    with open_image_store(image_store) as file:
         if f"{masks}/nuclei" not in file or f"{masks}/cells" not in file:
             raise KeyError(
                 f"{image_store} has no {masks}/nuclei and {masks}/cells; handcrafted features need masks "

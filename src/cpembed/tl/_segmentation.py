@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..io._image_store import IMAGE_INDEX_KEY, MASK_NAMES, create_mask_datasets, store_path
+from ..io._image_store import IMAGE_INDEX_KEY, MASK_NAMES, create_mask_datasets, open_image_store, store_path
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -192,7 +192,7 @@ def segment_cells(
     _check_settings(nucleus_diameter, threshold)
     check_obs_keys(adata, IMAGE_INDEX_KEY)
     image_store = store_path(adata, image_store)
-    with h5py.File(image_store, "r") as file:
+    with open_image_store(image_store) as file:
         channels = [str(c) for c in file.attrs["channels"]]
         n_images, _, height, width = file["images"].shape
         nucleus_index, cell_indices = _channel_positions(channels, nucleus_channel, cell_channels)
@@ -204,7 +204,7 @@ def segment_cells(
                     f"{image_store} already has a {key_added!r} group; pass overwrite=True or another key_added."
                 )
     rows = adata.obs[IMAGE_INDEX_KEY].to_numpy()
-    with h5py.File(image_store, "r+") as file:
+    with open_image_store(image_store, "r+") as file:
         if key_added in file:
             del file[key_added]
         masks = create_mask_datasets(file, key_added, n_images, (height, width))
