@@ -217,3 +217,66 @@ def test_well_key_restricts_only_the_control_map():
     with_well = bm.map_control(*arrays, well=obs["Metadata_Well"], null_size=500)
     assert result.loc["X", "map_control"] == pytest.approx(with_well.mean_average_precision, abs=1e-12)
     assert result.loc["X", "map_no_rep"] == pytest.approx(bm.map_no_rep(*arrays, null_size=500).mean_average_precision)
+
+
+def test_constant_embedding_scores_below_pca(bbbc021_standardized):
+    """A collapsed embedding: ties never favour positives, its bio metrics sit at chance and it ranks below PCA."""
+    adata = bbbc021_standardized.copy()
+    adata.obsm["X_constant"] = np.ones((adata.n_obs, 20))
+    with pytest.warns(UserWarning, match=r"adata.obsm\['X_constant'\] places every scored well at the same point"):
+        result = bm.benchmark(adata, ["X_pca", "X_constant"], **KEYS, null_size=500, progress=False)
+    assert result.notna().all().all()
+    assert ((result >= 0) & (result <= 1)).all().all()
+    pca, constant = result.loc["X_pca"], result.loc["X_constant"]
+    assert constant["map_control_fraction_retrieved"] == constant["map_no_rep_fraction_retrieved"] == 0.0
+    for column in ("map_control", "map_no_rep", "leiden_ari", "bio_score", "overall_score", "total_score"):
+        assert constant[column] < pca[column], column
+    assert constant["leiden_ari"] < 0.05  # chance level: a clustering of a random graph
+
+
+def test_benchmark_is_unchanged_by_the_embedding_scale(bbbc021_standardized):
+    """Embeddings far beyond float32's range, or below its precision, keep their neighbours and silhouettes."""
+    adata = bbbc021_standardized.copy()
+    adata.obsm["X_huge"] = adata.obsm["X_pca5"] * 2.0**200
+    adata.obsm["X_tiny"] = adata.obsm["X_pca5"] * 2.0**-200
+    metrics = [*FAST, "leiden_ari", "map_control", "map_no_rep"]
+    result = bm.benchmark(adata, ["X_pca5", "X_huge", "X_tiny"], **KEYS, metrics=metrics, null_size=200, progress=False)
+    exact = [column for column in metrics if column not in ("ilisi", "clisi")]
+    for key in ("X_huge", "X_tiny"):
+        pd.testing.assert_series_equal(result.loc[key, exact], result.loc["X_pca5", exact], check_names=False)
+        # LISI's kernel search starts from another unit of distance: equal up to its entropy tolerance.
+        np.testing.assert_allclose(
+            result.loc[key, ["ilisi", "clisi"]], result.loc["X_pca5", ["ilisi", "clisi"]], atol=1e-3
+        )
+
+
+def test_benchmark_refuses_labels_unique_to_each_well(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
+    adata.obs["well_id"] = adata.obs_names.astype(str)
+    with pytest.raises(ValueError, match=r"Every non-control well has a label of its own in adata.obs\['well_id'\]"):
+        bm.benchmark(adata, "X_pca", **{**KEYS, "label_key": "well_id"}, progress=False)
+
+
+def test_benchmark_warns_when_a_metric_is_undefined(bbbc021_standardized):
+    """Labels that never span two batches leave the batch silhouette NaN: a warning names the cause."""
+    adata = bbbc021_standardized.copy()
+    adata.obs["plate_compound"] = adata.obs["Metadata_Plate"].astype(str) + adata.obs["Metadata_Compound"].astype(str)
+    options = {**KEYS, "label_key": "plate_compound", "metrics": ["silhouette_batch", "silhouette_label"]}
+    with pytest.warns(UserWarning, match=r"silhouette_batch is NaN for 'X_pca': no label has wells in two or more"):
+        result = bm.benchmark(adata, "X_pca", **options, progress=False)
+    assert np.isnan(result.loc["X_pca", "silhouette_batch"])
+    assert result.loc["X_pca", "silhouette_label"] > 0
+
+
+def test_benchmark_refuses_fewer_wells_than_neighbours(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
+    n_treated = int((~adata.obs["Metadata_is_negcon"]).sum())
+    with pytest.raises(
+        ValueError, match=rf"see {n_treated} wells, fewer than the neighbours asked for \(lisi_neighbors"
+    ):
+        bm.benchmark(adata, "X_pca", **KEYS, metrics=["ilisi"], lisi_neighbors=n_treated + 1, progress=False)
+    # Only the selected metrics' neighbours are needed: the kBET setting does not matter for graph connectivity.
+    result = bm.benchmark(
+        adata, "X_pca", **KEYS, metrics=["graph_connectivity"], kbet_neighbors=n_treated + 1, progress=False
+    )
+    assert result.loc["X_pca", "graph_connectivity"] > 0

@@ -165,17 +165,36 @@ def test_correlation_distance_equals_copairs():
     np.testing.assert_allclose(ours["average_precision"], expected["average_precision"], atol=1e-6, rtol=0)
 
 
-def test_tied_similarities_rank_the_positive_first():
-    # Query e1: its positive e2 and the negative control e3 are both orthogonal to it (similarity exactly 0).
-    X = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
-    is_control = np.array([False, False, True])
-    scores = average_precision(X, ~is_control, np.array(["a", "a", "DMSO"]), np.zeros(3), is_control)
-    np.testing.assert_array_equal(scores["average_precision"], [1.0, 1.0])
-    meta = pd.DataFrame({"perturbation": ["a", "a", "DMSO"], "plate": 0, "is_control": is_control})
-    expected = _copairs().average_precision(
-        meta, X, ["perturbation"], [], ["plate"], ["is_control", "perturbation"], progress_bar=False
-    )
-    np.testing.assert_array_equal(expected["average_precision"][:2], [1.0, 1.0])
+def test_tied_similarities_do_not_favour_positives():
+    """Ties share one threshold, as in scikit-learn: checked against average_precision_score query by query."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    # Few distinct directions, so that positives and negatives tie with each other and among themselves.
+    X = np.eye(4)[rng.integers(0, 4, size=60)] + np.eye(4)[rng.integers(0, 4, size=60)]
+    perturbation = np.array([f"p{i}" for i in rng.integers(0, 6, size=60)])
+    is_control = np.arange(60) >= 45
+    perturbation[is_control] = "DMSO"
+    scores = average_precision(X, ~is_control, perturbation, np.zeros(60), is_control)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    for query, ap in scores["average_precision"].items():
+        candidates = (perturbation == perturbation[query]) | is_control
+        candidates[query] = False
+        expected = average_precision_score(
+            perturbation[candidates] == perturbation[query], unit[candidates] @ unit[query]
+        )
+        assert ap == pytest.approx(expected, abs=1e-12)
+    assert len(scores) > 30
+
+
+def test_constant_embedding_scores_at_chance():
+    """Every similarity tied: AP is the share of positives, no perturbation is retrieved."""
+    data = {**_simulated(), "X": np.ones_like(_simulated()["X"])}
+    queries = _our_ap(data, control=True, use_well=False)
+    np.testing.assert_allclose(queries["average_precision"], queries["n_positives"] / queries["n_total"], rtol=1e-12)
+    result = map_control(data["X"], data["perturbation"], data["plate"], data["is_control"], null_size=1000)
+    assert result.mean_average_precision < 0.5
+    assert result.fraction_retrieved == 0.0
 
 
 def _copairs_map(data, *, control: bool, tmp_path):
@@ -342,3 +361,15 @@ def test_control_label_shared_with_treatments_is_an_error():
     perturbation = np.where(data["perturbation"] == "p1", "p0", data["perturbation"])
     with pytest.raises(ValueError, match="used by control and non-control"):
         map_control(data["X"], perturbation, data["plate"], is_control)
+
+
+@pytest.mark.parametrize("scale", [2.0**600, 2.0**-600], ids=["huge", "tiny"])
+def test_average_precision_is_unchanged_by_the_embedding_scale(scale):
+    """Values whose squares leave float64's range still give the same cosine and correlation rankings."""
+    data = _simulated()
+    mask = data["is_control"]
+    arrays = (data["perturbation"], data["plate"], mask)
+    for distance in ("cosine", "correlation"):
+        expected = average_precision(data["X"], ~mask, *arrays, distance=distance)
+        scaled = average_precision(data["X"] * scale, ~mask, *arrays, distance=distance)
+        pd.testing.assert_frame_equal(scaled, expected)

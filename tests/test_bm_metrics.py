@@ -246,3 +246,45 @@ def test_metric_input_errors(bbbc021, neighbors):
         bm.batch_classifier(bbbc021["pca"], np.zeros(len(bbbc021["pca"])))
     with pytest.raises(ValueError, match="metric must be"):
         bm.nearest_neighbors(bbbc021["pca"], 5, metric="manhattan")
+
+
+def test_nearest_neighbors_break_ties_at_random_not_by_row_order():
+    """All wells at one point: the neighbours are a seeded random draw, not the first rows of the table."""
+    X = np.ones((300, 4))
+    result = bm.nearest_neighbors(X, 11)
+    np.testing.assert_array_equal(result.indices[:, 0], np.arange(300))
+    assert (result.distances == 0).all()
+    others = result.indices[:, 1:]
+    assert (others != np.arange(300)[:, None]).all()
+    assert np.unique(others).size > 250  # row order would pick rows 0-10 for every well
+    np.testing.assert_array_equal(bm.nearest_neighbors(X, 11).indices, result.indices)
+    assert (bm.nearest_neighbors(X, 11, seed=1).indices != result.indices).any()
+
+
+def test_kernels_do_not_depend_on_the_unit_of_distance(neighbors, bbbc021):
+    """UMAP connectivities and LISI of distances far beyond float32's range, or below its precision."""
+    reference = neighbors.subset(15).connectivities
+    for scale in (2.0**150, 2.0**-150):
+        scaled = bm.NeighborsResult(neighbors.indices, neighbors.distances * scale)
+        assert abs(scaled.subset(15).connectivities - reference).max() < 1e-4
+        assert bm.ilisi(scaled, bbbc021["week"]) == pytest.approx(bm.ilisi(neighbors, bbbc021["week"]), abs=1e-3)
+        assert bm.clisi(scaled, bbbc021["moa"]) == pytest.approx(bm.clisi(neighbors, bbbc021["moa"]), abs=1e-3)
+
+
+def test_leiden_ari_below_chance_scores_zero(neighbors, bbbc021, monkeypatch):
+    monkeypatch.setattr(bm._leiden, "adjusted_rand_score", lambda labels, clusters: -0.0005)
+    assert bm.leiden_nmi_ari(neighbors.subset(15), bbbc021["moa"], resolutions=(1.0,)).ari == 0.0
+
+
+def test_metrics_refuse_embeddings_with_non_finite_or_float32_overflowing_values(bbbc021):
+    X = bbbc021["pca"].copy()
+    X[5, 2] = np.inf
+    for compute in (
+        lambda: bm.nearest_neighbors(X, 5),
+        lambda: bm.silhouette_label(X, bbbc021["moa"]),
+        lambda: bm.bio_information(X, bbbc021["moa"]),
+    ):
+        with pytest.raises(ValueError, match="X contains 1 NaN or infinite values"):
+            compute()
+    with pytest.raises(ValueError, match="X in float32, as the random forest reads it, would hold 1 NaN or infinite"):
+        bm.bio_information(np.where(np.isinf(X), 1e39, X), bbbc021["moa"])

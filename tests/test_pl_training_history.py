@@ -95,3 +95,11 @@ def test_untrained_history_and_wrong_type_are_refused():
         cpe.pl.training_history({"stage1": pd.DataFrame()}, show=False)
     with pytest.raises(TypeError, match="history_"):
         cpe.pl.training_history([1.0, 2.0], show=False)
+
+
+def test_diverged_epochs_are_not_dropped_silently():
+    history = _history()
+    history["stage2"].loc[2, "supcon"] = np.nan
+    with pytest.warns(UserWarning, match=r"Stage 'stage2' has NaN or infinite losses in 1 epochs \(3\)"):
+        fig = cpe.pl.training_history(history, return_fig=True)
+    matplotlib.pyplot.close(fig)

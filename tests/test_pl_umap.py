@@ -45,10 +45,12 @@ def test_umaps_are_computed_once_and_stored_under_documented_keys(bbbc021):
     before = set(adata.obsm)
     cpe.pl.umap(adata, ["X_pca"], ["Metadata_moa"], show=False)
     assert set(adata.obsm) - before == {umap_key("X_pca")}
+    assert adata.uns["cpe_umap"]["X_pca_umap"]["basis"] == "X_pca"
     np.testing.assert_allclose(adata.obsm["X_pca_umap"], compute_umap(bbbc021, "X_pca"), rtol=1e-5, atol=1e-5)
     untouched = bbbc021.copy()
     cpe.pl.umap(untouched, ["X_pca3"], ["Metadata_moa"], store=False, show=False)
     assert set(untouched.obsm) == set(bbbc021.obsm)
+    assert "cpe_umap" not in untouched.uns
 
 
 def test_controls_have_the_fixed_colour_and_legends_follow_category_order(bbbc021):
@@ -73,3 +75,77 @@ def test_bad_keys_are_named(bbbc021):
         cpe.pl.umap(bbbc021, ["X_nope"], ["Metadata_moa"], show=False)
     with pytest.raises(KeyError, match="Metadata_nope"):
         cpe.pl.umap(bbbc021, ["X_pca"], ["Metadata_nope"], show=False)
+
+
+def _plotted(fig) -> np.ndarray:
+    """Coordinates of the first panel, in the order of the wells (no control colouring, so no reordering)."""
+    import matplotlib.pyplot as plt
+
+    coordinates = np.asarray(fig.axes[0].collections[0].get_offsets())
+    plt.close(fig)
+    return coordinates
+
+
+def test_cached_umap_is_reused_only_for_the_same_basis_and_settings(bbbc021):
+    adata = bbbc021.copy()
+    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    np.testing.assert_array_equal(adata.obsm["X_pca3_umap"], first)  # what was stored is what was drawn
+    np.testing.assert_array_equal(_plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True)), first)
+    adata.obsm["X_pca3"] = adata.obsm["X_pca"][:, 3:6].copy()  # the basis changed: its UMAP is stale
+    changed = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    np.testing.assert_allclose(changed, compute_umap(adata, "X_pca3"), rtol=1e-5, atol=1e-5)
+    other_k = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", n_neighbors=5, return_fig=True))
+    np.testing.assert_allclose(other_k, compute_umap(adata, "X_pca3", n_neighbors=5), rtol=1e-5, atol=1e-5)
+    assert adata.uns["cpe_umap"]["X_pca3_umap"]["n_neighbors"] == 5
+
+
+def test_scanpy_umap_is_neither_shown_nor_overwritten(bbbc021):
+    """After sc.tl.umap, X_umap holds the UMAP of scanpy's own graph: the plot of "X" must not show it."""
+    adata = bbbc021.copy()
+    adata.obsm["X_umap"] = np.zeros((adata.n_obs, 2))
+    adata.obsm["X_pca_umap"] = np.zeros((adata.n_obs, 2))  # written by someone else
+    fig = cpe.pl.umap(adata, ["X"], "Metadata_moa", return_fig=True)
+    np.testing.assert_allclose(_plotted(fig), compute_umap(adata, "X"), rtol=1e-5, atol=1e-5)
+    assert (adata.obsm["X_umap"] == 0).all()
+    with pytest.warns(UserWarning, match=r"adata.obsm\['X_pca_umap'\] was not written by cpembed.pl.umap"):
+        fig = cpe.pl.umap(adata, "X_pca", "Metadata_moa", return_fig=True)
+    assert (adata.obsm["X_pca_umap"] == 0).all()
+    assert np.ptp(_plotted(fig), axis=0).min() > 0
+
+
+def test_control_flags_follow_the_shared_rule(bbbc021):
+    adata = bbbc021.copy()
+    adata.obs["flag_as_text"] = adata.obs["Metadata_is_negcon"].astype(str)
+    with pytest.raises(TypeError, match=r"adata.obs\['flag_as_text'\] must be boolean"):
+        cpe.pl.umap(adata, "X_pca", "Metadata_moa", control_key="flag_as_text", show=False)
+
+
+def test_umap_input_errors_name_the_fix(bbbc021):
+    with pytest.raises(ValueError, match="A UMAP needs at least 4 wells, got 1: plot more wells"):
+        cpe.pl.umap(bbbc021[:1].copy(), "X_pca", "Metadata_moa", show=False)
+    with pytest.raises(ValueError, match=r"n_neighbors must lie between 2 and the number of wells \(10\), got 15"):
+        cpe.pl.umap(bbbc021[:10].copy(), "X_pca", "Metadata_moa", show=False)
+    adata = bbbc021.copy()
+    adata.obsm["X_nan"] = adata.obsm["X_pca"].copy()
+    adata.obsm["X_nan"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_nan'\] contains 1 NaN"):
+        cpe.pl.umap(adata, "X_nan", "Metadata_moa", show=False)
+    adata.obsm["X_huge"] = adata.obsm["X_pca"] * 1e38
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_huge'\] in float32, as UMAP reads it, would hold"):
+        cpe.pl.umap(adata, "X_huge", "Metadata_moa", show=False)
+    assert "X_nan_umap" not in adata.obsm
+
+
+def test_stored_umap_is_reused_after_an_h5ad_round_trip(bbbc021, tmp_path, monkeypatch):
+    import anndata as ad
+
+    adata = bbbc021.copy()
+    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    adata.write_h5ad(tmp_path / "umap.h5ad")
+    again = ad.read_h5ad(tmp_path / "umap.h5ad")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stored UMAP was recomputed")
+
+    monkeypatch.setattr(cpe.pl._umap, "_umap_of", refuse)
+    np.testing.assert_array_equal(_plotted(cpe.pl.umap(again, "X_pca3", "Metadata_moa", return_fig=True)), first)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,12 +15,12 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from cpembed._validation import (
-    check_finite,
     check_obs_complete,
     check_obs_keys,
     check_obsm_keys,
     control_flags,
-    get_matrix,
+    get_finite_matrix,
+    matrix_name,
 )
 
 from ._aggregate import CELLPAINTR_SCORES, JUMP_SCORES
@@ -88,20 +91,21 @@ class _Wells:
 class _EmbeddingScores:
     """Computes the metrics of one embedding; the neighbour search runs once and is shared by the graph metrics."""
 
-    def __init__(self, X: np.ndarray, wells: _Wells, settings: BenchmarkSettings, exclude_controls: bool) -> None:
+    def __init__(
+        self, X: np.ndarray, wells: _Wells, settings: BenchmarkSettings, kept: np.ndarray, n_neighbors: int
+    ) -> None:
         self.X = X
         self.wells = wells
         self.settings = settings
-        self.kept = ~wells.is_control if exclude_controls else np.ones(len(X), dtype=bool)
+        self.kept = kept
+        self.n_neighbors = n_neighbors
 
     @cached_property
     def neighbors(self) -> NeighborsResult:
-        s = self.settings
-        k = min(max(s.graph_neighbors, s.kbet_neighbors, s.lisi_neighbors), int(self.kept.sum()))
-        return nearest_neighbors(self.X[self.kept], k, metric=s.metric)
+        return nearest_neighbors(self.X[self.kept], self.n_neighbors, metric=self.settings.metric)
 
     def _subset(self, k: int) -> NeighborsResult:
-        return self.neighbors.subset(min(k, self.neighbors.n_neighbors))
+        return self.neighbors.subset(k)
 
     def graph_connectivity(self) -> dict[str, float]:
         subset = self._subset(self.settings.graph_neighbors)
@@ -191,6 +195,18 @@ _STEPS: dict[str, tuple[str, ...]] = {
     "map_control": ("map_control", "map_control_fraction_retrieved"),
     "map_no_rep": ("map_no_rep", "map_no_rep_fraction_retrieved"),
 }
+#: The graph steps and the setting that holds the neighbours each needs.
+_NEIGHBOR_SETTINGS = {
+    "graph_connectivity": "graph_neighbors",
+    "leiden": "graph_neighbors",
+    "kbet": "kbet_neighbors",
+    "lisi": "lisi_neighbors",
+}
+#: Why a metric comes out NaN: the metrics that skip labels too small or seen in one batch, and skipped them all.
+_NAN_CAUSES = {
+    "silhouette_batch": "no label has wells in two or more batches (and more wells than batches)",
+    "kbet": "no label has 10 or more wells in two or more batches",
+}
 
 
 def benchmark(
@@ -228,7 +244,13 @@ def benchmark(
     ``bio_info_no_control``, then ``batch_score``, ``bio_score``, ``overall_score``; :data:`CELLPAINTR_SCORES`)
     and the extras of the JUMP benchmark (Arevalo et al. 2024: ``kbet``, ``ilisi``, ``clisi``,
     ``map_control_fraction_retrieved``, ``map_no_rep_fraction_retrieved`` and ``total_score``;
-    :data:`JUMP_SCORES`). All metrics lie in [0, 1], higher is better.
+    :data:`JUMP_SCORES`). All metrics lie in [0, 1], higher is better (the Leiden ARI is clipped at 0, its chance
+    level).
+
+    Ties never favour an embedding: equidistant neighbours are drawn at random and tied similarities share one rank
+    in mAP, so an embedding that collapses wells together scores at chance on the bio metrics (and as well mixed on
+    the batch metrics); one that places every well at the same point gets a warning. A metric left undefined by the
+    labels (the batch silhouette or kBET when no label spans two batches) is NaN, with a warning naming the cause.
 
     Which wells each metric sees:
 
@@ -322,17 +344,22 @@ def benchmark(
         threshold=threshold,
         n_jobs=n_jobs,
     )
-    matrices = {key: _embedding_matrix(scored, key) for key in embeddings}
+    kept = ~annotations.is_control if exclude_controls else np.ones(scored.n_obs, dtype=bool)
+    n_neighbors = _searched_neighbors(steps, settings, int(kept.sum()))
+    matrices = {}
+    for key in embeddings:  # a loop, not a comprehension, so that warnings point at the caller
+        matrices[key] = _embedding_matrix(scored, key)
     rows = {}
     with tqdm(total=len(embeddings) * len(steps), desc="Benchmark", disable=not progress) as bar:
         for key, X in matrices.items():
-            scorer = _EmbeddingScores(X, annotations, settings, exclude_controls)
+            scorer = _EmbeddingScores(X, annotations, settings, kept, n_neighbors)
             rows[key] = {}
             for step in steps:
                 bar.set_postfix_str(f"{key}: {step}")
                 rows[key].update(_run_step(scorer, step))
                 bar.update()
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(METRIC_COLUMNS)).astype(np.float64)
+    _warn_undefined(table, steps, label_key, batch_key)
     table = pd.concat([table, CELLPAINTR_SCORES.score(table), JUMP_SCORES.score(table)], axis=1)
     table.index.name = "embedding"
     adata.uns[key_added] = table
@@ -347,6 +374,46 @@ def _wells_mask(wells: np.ndarray, n_obs: int) -> np.ndarray:
     if not mask.any():
         raise ValueError("wells selects no well: nothing to score.")
     return mask
+
+
+def check_enough_wells(n_wells: int, metrics: Sequence[str] | None = None) -> None:
+    """Raise a ValueError when :func:`benchmark`, with its default neighbours, would see too few wells.
+
+    For callers that check their input before long work; ``n_wells`` counts the wells the graph metrics see (the
+    non-control wells with ``exclude_controls=True``).
+    """
+    defaults = inspect.signature(benchmark).parameters
+    settings = SimpleNamespace(**{name: defaults[name].default for name in set(_NEIGHBOR_SETTINGS.values())})
+    _searched_neighbors(_selected_steps(metrics), settings, n_wells)
+
+
+def _searched_neighbors(steps: list[str], settings: BenchmarkSettings, n_wells: int) -> int:
+    """The largest k the selected graph steps need (0 without any), or a ValueError if the wells are too few."""
+    names = [_NEIGHBOR_SETTINGS[step] for step in steps if step in _NEIGHBOR_SETTINGS]
+    needed = {name: getattr(settings, name) for name in names}
+    too_many = {name: k for name, k in needed.items() if k > n_wells}
+    if too_many:
+        shown = ", ".join(f"{name}={k}" for name, k in too_many.items())
+        raise ValueError(
+            f"The graph metrics see {n_wells} wells, fewer than the neighbours asked for ({shown}; the well itself "
+            "counts as one). Lower those settings, score more wells, or leave the graph metrics out with `metrics=`."
+        )
+    return max(needed.values(), default=0)
+
+
+def _warn_undefined(table: pd.DataFrame, steps: list[str], label_key: str, batch_key: str) -> None:
+    """Warn, with the cause, about each computed metric that came out NaN (the aggregates using it are NaN too)."""
+    computed = {column for step in steps for column in _STEPS[step]}
+    for column, cause in _NAN_CAUSES.items():
+        undefined = list(table.index[table[column].isna()]) if column in computed else []
+        if undefined:
+            warnings.warn(
+                f"{column} is NaN for {', '.join(map(repr, undefined))}: {cause} in adata.obs[{label_key!r}] "
+                f"(batches from adata.obs[{batch_key!r}]), and so are the scores that average it. Use a label that "
+                "several wells in several batches share, such as the MoA.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _run_step(scorer: _EmbeddingScores, step: str) -> dict[str, float]:
@@ -391,6 +458,11 @@ def _read_wells(
             f"adata.obs[{label_key!r}] is missing for {int(missing_labels.sum())} non-control wells; "
             "subset adata to labelled wells first."
         )
+    if not obs[label_key][~is_control].duplicated().any():
+        raise ValueError(
+            f"Every non-control well has a label of its own in adata.obs[{label_key!r}]: the bio and batch metrics "
+            "compare wells that share a label. Pass a label shared by several wells, such as the MoA or compound."
+        )
     return _Wells(
         batch=obs[batch_key].astype(str).to_numpy(),
         label=np.where(is_control & obs[label_key].isna().to_numpy(), CONTROL_CLASS, obs[label_key].astype(object)),
@@ -402,10 +474,17 @@ def _read_wells(
 
 
 def _embedding_matrix(adata: AnnData, key: str) -> np.ndarray:
-    """The embedding as a finite 2-D float array."""
-    X = get_matrix(adata, obsm_key=key)
-    where = "adata.X" if key == "X" else f"adata.obsm[{key!r}]"
+    """The embedding as a finite 2-D float array; a warning when it places every well at one point."""
+    X = get_finite_matrix(adata, obsm_key=key)
+    where = matrix_name(obsm_key=key)
     if X.ndim != 2:
         raise ValueError(f"{where} must be a 2-D wells × dimensions array, got shape {X.shape}.")
-    check_finite(X, where)
-    return np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    if (X[0] == X).all():
+        warnings.warn(
+            f"{where} places every scored well at the same point: it carries no information. Its neighbours are "
+            "drawn at random among ties, its bio metrics score at chance and its batch metrics as perfectly mixed.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return X

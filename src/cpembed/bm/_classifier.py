@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
+from cpembed._validation import check_finite, check_result_finite
+
 from ._forest import random_forest_predict
 from ._inputs import per_sample
 
@@ -34,7 +36,7 @@ def classifier_f1(
     Parameters
     ----------
     X
-        Array of shape (n_samples, n_features).
+        Array of shape (n_samples, n_features), finite and within float32's range (the forest works in float32).
     y
         Class of each sample (at least two classes).
     test_size
@@ -51,6 +53,9 @@ def classifier_f1(
     The support-weighted F1 score on the held-out samples.
     """
     X = np.asarray(X)
+    check_finite(X, "X")
+    with np.errstate(over="ignore"):
+        check_result_finite(X.astype(np.float32), "X in float32, as the random forest reads it,")
     y = per_sample(y, X.shape[0], "y")
     if len(np.unique(y)) < 2:
         raise ValueError("The classifier needs at least two classes.")

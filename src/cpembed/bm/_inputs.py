@@ -8,6 +8,17 @@ import pandas as pd
 from cpembed._validation import check_finite
 
 
+def power_of_two_scale(X: np.ndarray) -> float:
+    """The power of two that brings the largest absolute value of ``X`` into [0.5, 1) (1 for an all-zero ``X``).
+
+    Dividing by it is exact, so distances and similarities computed from ``X / scale`` are those of ``X`` scaled
+    without rounding, while values beyond float32's range, or so large or small that their squares leave float64's,
+    are brought back within reach.
+    """
+    largest = float(np.abs(X).max(initial=0.0))
+    return float(2.0 ** np.frexp(largest)[1]) if largest > 0 else 1.0
+
+
 def per_sample(values: np.ndarray, n_samples: int, name: str) -> np.ndarray:
     """``values`` as an array, after checking that it holds one entry per sample (a ValueError naming it if not)."""
     values = np.asarray(values)

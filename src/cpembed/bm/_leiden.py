@@ -34,7 +34,8 @@ class LeidenScores:
     nmi
         Normalised mutual information (arithmetic normalisation), the largest over the resolutions.
     ari
-        Adjusted Rand index of the same clustering.
+        Adjusted Rand index of the same clustering, clipped at 0: the index is 0 at chance and can fall slightly below
+        it, which here scores as chance, so that every benchmark metric lies in [0, 1].
     resolution
         The resolution that gave it.
     """
@@ -72,7 +73,7 @@ def leiden_nmi_ari(
 
     Returns
     -------
-    NMI and ARI of the best clustering, and its resolution.
+    NMI and ARI (clipped at 0, unlike scib-metrics) of the best clustering, and its resolution.
     """
     from joblib import Parallel, delayed, effective_n_jobs
 
@@ -92,7 +93,7 @@ def leiden_nmi_ari(
     best = int(np.argmax(nmis))
     return LeidenScores(
         nmi=float(nmis[best]),
-        ari=float(adjusted_rand_score(labels, clusterings[best])),
+        ari=max(0.0, float(adjusted_rand_score(labels, clusterings[best]))),
         resolution=float(resolutions[best]),
     )
 

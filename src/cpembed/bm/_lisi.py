@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ._inputs import per_sample
-from ._neighbors import NeighborsResult
+from ._neighbors import NeighborsResult, distance_unit
 
 #: Bisection of the kernel precision: at most 50 steps, stopping at this entropy tolerance (Harmony, scib-metrics).
 _MAX_STEPS = 50
@@ -50,6 +50,7 @@ def lisi(neighbors: NeighborsResult, labels: np.ndarray, *, perplexity: float | 
     if perplexity is None:
         perplexity = np.floor(neighbors.n_neighbors / 3)
     distances = neighbors.distances.astype(np.float64)
+    distances = distances / distance_unit(distances)  # Harmony's search reaches about 2^±50 from precision 1
     not_self = neighbors.indices != np.arange(neighbors.n_samples)[:, None]
     entropy, weights = _kernel_weights(distances, not_self, perplexity)
     n, k = distances.shape

@@ -30,10 +30,13 @@ from scipy import sparse
 from scipy.stats import false_discovery_control
 from threadpoolctl import threadpool_limits
 
-from ._inputs import validated_arrays
+from ._inputs import power_of_two_scale, validated_arrays
 
 #: Most query-candidate comparisons made at once by one block of queries (a few tens of MiB).
 DEFAULT_BATCH_SIZE = 1 << 22
+#: Similarities closer than this count as tied: well above the rounding error of a float64 product of unit vectors
+#: (identical wells compared by different products differ by it), well below the float32 resolution copairs ranks at.
+_SIMILARITY_TIE = 1e-10
 #: Observed and null mAP closer than this count as tied (a tie does not count against the observed score).
 _TIE_TOLERANCE = 1e-12
 #: Perturbations whose null mAPs are formed at once in :func:`_map_p_values`.
@@ -225,9 +228,11 @@ def average_precision(
     - negatives are the rows ``j`` with ``negative_mask[j]``, ``negative_group[j] == negative_group[i]`` and
       ``positive_group[j] != positive_group[i]``: copairs ``neg_sameby`` / ``neg_diffby``.
 
-    Positives and negatives are ranked by decreasing similarity, a positive before a negative of equal similarity
-    (copairs' order). AP is the mean over positives of the precision at their ranks. Queries without a positive
-    or without a negative are dropped (copairs returns NaN for the first and a trivial AP of 1 for the second).
+    Positives and negatives are ranked by decreasing similarity; AP is the mean over positives of the precision at
+    their ranks. Equal similarities share one rank, the last of their group (scikit-learn's
+    ``average_precision_score``); copairs ranks a positive before a tied negative instead, which scores a constant
+    embedding as perfect. Queries without a positive or without a negative are dropped (copairs returns NaN for
+    the first and a trivial AP of 1 for the second).
     Similarities are computed in float64 (copairs rounds them to float32, so near-ties closer than about 1e-7 may
     rank differently there). BLAS runs single-threaded during the call: the products are small.
 
@@ -463,14 +468,23 @@ def _negative_similarities(
 def _ranked_average_precision(positive_sims: np.ndarray, negative_sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AP of each row from its positive and negative similarities (-inf marks an absent entry).
 
-    With the positives sorted by decreasing similarity, the r-th one has rank r + (number of negatives more
-    similar): a positive goes before a negative of equal similarity, as in copairs.
+    Similarities within ``_SIMILARITY_TIE`` form one threshold, as equal scores do in scikit-learn's
+    ``average_precision_score``: each positive gets the precision among all wells at least as similar as it is, so a
+    tie never favours positives over negatives. Without ties this is the precision at the positive's rank.
     """
     positives = -np.sort(-positive_sims, axis=1)
     present = np.isfinite(positives)
-    negatives_above = np.count_nonzero(negative_sims[:, None, :] > positives[:, :, None], axis=2)
-    rank_among_positives = np.arange(1, positives.shape[1] + 1)
-    precision = rank_among_positives / (rank_among_positives + negatives_above)
+    floor = positives - _SIMILARITY_TIE
+    negatives_at_or_above = np.count_nonzero(negative_sims[:, None, :] >= floor[:, :, None], axis=2)
+    # Sorted in decreasing order, tied positives are adjacent: each counts the positives up to the end of its run.
+    columns = np.arange(1, positives.shape[1] + 1)
+    with np.errstate(invalid="ignore"):  # -inf - -inf between padding entries, which are not counted
+        steps = positives[:, :-1] - positives[:, 1:] > _SIMILARITY_TIE
+    run_ends = np.concatenate([steps, np.ones((len(positives), 1), bool)], axis=1)
+    positives_at_or_above = np.minimum.accumulate(np.where(run_ends, columns, positives.shape[1])[:, ::-1], axis=1)[
+        :, ::-1
+    ]
+    precision = positives_at_or_above / (positives_at_or_above + negatives_at_or_above)
     ap = np.where(present, precision, 0.0).sum(axis=1) / present.sum(axis=1)
     return ap, np.isfinite(negative_sims).sum(axis=1)
 
@@ -494,6 +508,7 @@ def _rows_by_group(queries: np.ndarray, candidates: np.ndarray, codes: np.ndarra
 def _unit_rows(X: np.ndarray, distance: str) -> np.ndarray:
     """Rows scaled so that their dot products are the requested similarity (float64)."""
     X = np.asarray(X, dtype=np.float64)
+    X = X / power_of_two_scale(X)  # exact: similarities unchanged, squares within float64's range
     if distance == "correlation":
         X = X - X.mean(axis=1, keepdims=True)
     elif distance != "cosine":

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._inputs import validated_arrays
+from ._inputs import power_of_two_scale, validated_arrays
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ def _treatment_table(wells: pd.DataFrame, treatment: np.ndarray) -> pd.DataFrame
 
 def cosine_similarity_matrix(profiles: np.ndarray, what: str) -> np.ndarray:
     """Cosine similarity of every pair of rows; a ValueError counting the zero rows (``what``) if there are any."""
+    profiles = profiles / power_of_two_scale(profiles)  # exact: similarities unchanged, squares within range
     norms = np.linalg.norm(profiles, axis=1)
     if (norms == 0).any():
         raise ValueError(f"{int((norms == 0).sum())} {what} are zero: cosine similarity is undefined.")

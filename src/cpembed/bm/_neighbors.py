@@ -21,6 +21,10 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from cpembed._validation import check_finite
+
+from ._inputs import power_of_two_scale
+
 Metric = Literal["euclidean", "cosine"]
 
 #: Rows of the distance matrix held at once (2,048 rows × 50,000 wells of float32 is 400 MB).
@@ -30,6 +34,8 @@ _SMOOTH_K_ITERATIONS = 64
 _SMOOTH_K_TOLERANCE = 1e-5
 #: UMAP's ``MIN_K_DIST_SCALE``: the kernel width is at least this fraction of the mean neighbour distance.
 _MIN_K_DIST_SCALE = 1e-3
+#: Median neighbour distances within this range are used as they are by the kernels of UMAP and LISI.
+_UNIT_RANGE = (2.0**-10, 2.0**10)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ class NeighborsResult:
         neighbour and ``sigma`` is found by bisection so that the weights of a sample sum to ``log2(k)``; the graph is
         then symmetrised with the fuzzy union ``A + Aᵀ - A ∘ Aᵀ``.
         """
-        distances = self.distances.astype(np.float32).astype(np.float64)  # UMAP's float32 values, as rho's
+        # UMAP's float32 values, as rho's; in a unit its kernel-width search (64 steps from 1) reaches.
+        distances = (self.distances / distance_unit(self.distances)).astype(np.float32).astype(np.float64)
         sigmas, rhos = _smooth_knn_distances(distances)
         weights = np.exp(-np.clip(distances - rhos[:, None], 0.0, None) / sigmas[:, None])
         weights[self.indices == np.arange(self.n_samples)[:, None]] = 0.0
@@ -97,6 +104,20 @@ class NeighborsResult:
         union = graph + transpose - graph.multiply(transpose)
         union.eliminate_zeros()
         return union.tocsr()
+
+
+def distance_unit(distances: np.ndarray) -> float:
+    """Power of two near the median neighbour distance when that lies outside [2⁻¹⁰, 2¹⁰], else 1.
+
+    The kernel-width searches of UMAP and of Harmony's LISI start at 1 and double or halve a limited number of times,
+    and UMAP rounds distances to float32: distances far from 1 (an embedding scaled by 1e50 or 1e-50) are beyond
+    their reach, which would leave every weight 0, uniform or NaN. Both kernels are unchanged by the unit of distance
+    up to their search tolerance, and distances of ordinary embeddings are left as they are.
+    """
+    typical = float(np.median(distances[:, 1:])) if distances.shape[1] > 1 else 0.0
+    if typical == 0 or _UNIT_RANGE[0] <= typical <= _UNIT_RANGE[1]:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(typical)))
 
 
 def _smooth_knn_distances(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +161,7 @@ def nearest_neighbors(
     *,
     metric: Metric = "euclidean",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    seed: int = 0,
 ) -> NeighborsResult:
     """Exact k nearest neighbours of every row of ``X``, the row itself first.
 
@@ -147,12 +169,14 @@ def nearest_neighbors(
     kept, so memory is ``block_size × n`` whatever ``n`` is; the kept distances are then recomputed exactly in
     float64 and sorted. Exact search makes the graph metrics reproducible, unlike approximate search
     (pynndescent in scib-metrics), at the cost of ``O(n² d)`` arithmetic: about 10 s for 50,000 wells × 64
-    dimensions on two CPU cores.
+    dimensions on two CPU cores. Rows at equal distance (duplicated wells, a collapsed embedding) are chosen and
+    ordered at random (seeded), independently for every sample, not by row order, which would tie neighbourhoods to
+    how the wells happen to be sorted (e.g. by plate).
 
     Parameters
     ----------
     X
-        Array of shape (n_samples, n_features).
+        Array of shape (n_samples, n_features), finite.
     n_neighbors
         Neighbours per sample, the sample itself included.
     metric
@@ -160,16 +184,20 @@ def nearest_neighbors(
         choice for its neighbour graphs).
     block_size
         Rows of the distance matrix formed at once.
+    seed
+        Seed of the order in which equidistant neighbours are chosen; it changes nothing without such ties.
 
     Returns
     -------
     The neighbours and their distances.
     """
     X = np.asarray(X, dtype=np.float64)
+    check_finite(X, "X")
     n = X.shape[0]
     if not 1 <= n_neighbors <= n:
         raise ValueError(f"n_neighbors must be between 1 and the number of samples ({n}), got {n_neighbors}.")
-    points = _prepared_points(X, metric)
+    points, scale = _prepared_points(X, metric)
+    rng = np.random.default_rng(seed)
     points32 = torch.from_numpy(points.astype(np.float32))
     squared_norms = (points32 * points32).sum(dim=1)
     indices = np.empty((n, n_neighbors), dtype=np.int64)
@@ -177,21 +205,54 @@ def nearest_neighbors(
         stop = min(start + block_size, n)
         block = torch.addmm(squared_norms[None, :], points32[start:stop], points32.T, alpha=-2.0)
         block[torch.arange(stop - start), torch.arange(start, stop)] = -np.inf  # the sample itself comes first
-        indices[start:stop] = torch.topk(block, n_neighbors, dim=1, largest=False).indices.numpy()
-    distances = _exact_distances(points, indices, metric)
+        indices[start:stop] = _smallest(block, n_neighbors, rng)
+    distances = _exact_distances(points, indices, metric) * scale
     order = np.argsort(distances[:, 1:], axis=1, kind="stable") + 1
     order = np.concatenate([np.zeros((n, 1), dtype=np.int64), order], axis=1)
-    return NeighborsResult(np.take_along_axis(indices, order, 1), np.take_along_axis(distances, order, 1))
+    sorted_distances = np.take_along_axis(distances, order, 1)
+    # Rows with equal distances: those neighbours in random order (the sample itself, at -1, stays first).
+    tied = np.flatnonzero((np.diff(sorted_distances[:, 1:], axis=1) == 0).any(axis=1))
+    if tied.size:
+        keys = np.concatenate([np.full((tied.size, 1), -1.0), distances[tied, 1:]], axis=1)
+        order[tied] = np.lexsort((rng.random(keys.shape), keys), axis=1)
+        sorted_distances[tied] = np.take_along_axis(distances[tied], order[tied], 1)
+    return NeighborsResult(np.take_along_axis(indices, order, 1), sorted_distances)
 
 
-def _prepared_points(X: np.ndarray, metric: Metric) -> np.ndarray:
-    """Centre the rows (Euclidean: fewer cancellation errors) or scale them to unit length (cosine)."""
+def _smallest(block: torch.Tensor, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Columns of the ``k`` smallest values of each row; where values tied with the k-th are left out, a random draw.
+
+    ``torch.topk`` keeps tied columns in an order of its own, which would send every well of a collapsed embedding to
+    the same few neighbours.
+    """
+    searched = min(k + 1, block.shape[1])  # one more than needed shows whether a tie crosses the k-th place
+    values, columns = torch.topk(block, searched, dim=1, largest=False)
+    columns = columns[:, :k].contiguous().numpy()
+    if searched == k:
+        return columns
+    kth = values[:, k - 1 : k]
+    for row in np.flatnonzero((values[:, k] == values[:, k - 1]).numpy()):
+        below = torch.nonzero(block[row] < kth[row]).ravel().numpy()
+        tied = torch.nonzero(block[row] == kth[row]).ravel().numpy()
+        columns[row] = np.concatenate([below, rng.choice(tied, size=k - below.size, replace=False)])
+    return columns
+
+
+def _prepared_points(X: np.ndarray, metric: Metric) -> tuple[np.ndarray, float]:
+    """Rows ready for float32 distance products, and the factor that turns their Euclidean distances into X's.
+
+    ``X`` is first divided by a power of two (exactly) that brings its largest entry near 1, so that embeddings
+    whose values lie beyond float32's range, or below its precision, keep their neighbours; then the rows are centred
+    (Euclidean: fewer cancellation errors) or scaled to unit length (cosine, factor 1).
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
+    scale = power_of_two_scale(X)
+    X = X / scale
     if metric == "euclidean":
-        return X - X.mean(axis=0)
-    if metric == "cosine":
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        return X / np.where(norms > 0, norms, 1.0)
-    raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
+        return X - X.mean(axis=0), scale
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0), 1.0
 
 
 def _exact_distances(points: np.ndarray, indices: np.ndarray, metric: Metric) -> np.ndarray:

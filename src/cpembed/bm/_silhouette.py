@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cpembed._validation import check_finite
+
 from ._inputs import per_sample
 from ._neighbors import Metric, _prepared_points
 
@@ -50,9 +52,11 @@ def silhouette_samples(
 
     Returns
     -------
-    Array of shape (n_samples,) with values in [-1, 1].
+    Array of shape (n_samples,) with values in [-1, 1]; 0 where all the distances involved are 0 (a sample whose
+    cluster and nearest other cluster sit at its own point), as scikit-learn and scib-metrics score it.
     """
     X = np.asarray(X, dtype=np.float64)
+    check_finite(X, "X")
     codes, sizes = _cluster_codes(labels, X.shape[0])
     if sizes.size < 2:
         raise ValueError("The silhouette needs at least two distinct labels.")
@@ -161,7 +165,7 @@ def _cluster_distance_sums(
     X: np.ndarray, codes: np.ndarray, sizes: np.ndarray, metric: Metric, block_size: int
 ) -> np.ndarray:
     """Array (n_samples, n_clusters): the sum of the distances from each sample to each cluster's members."""
-    points = _prepared_points(X, metric)
+    points, _ = _prepared_points(X, metric)  # a silhouette does not depend on the scale of distances
     if metric == "cosine":
         unit_sums = np.zeros((sizes.size, points.shape[1]))
         np.add.at(unit_sums, codes, points)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +58,17 @@ def training_history(
     ------
     ValueError
         When the history holds no epoch (the model was not trained).
+
+    Warns
+    -----
+    UserWarning
+        When a loss is NaN or infinite in some epoch (training diverged): matplotlib would leave those epochs out of
+        the curve without a trace.
     """
     import matplotlib.pyplot as plt
 
     stages = loss_tables(model_or_history)
+    _warn_non_finite(stages)
     if ax is None:
         fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.2), squeeze=False)
         for panel, (name, losses) in zip(axes[0], stages.items(), strict=True):
@@ -87,6 +95,20 @@ def loss_tables(model_or_history: Any) -> dict[str, pd.DataFrame]:
     if not tables:
         raise ValueError("The training history holds no epoch: train the model first.")
     return tables
+
+
+def _warn_non_finite(stages: dict[str, pd.DataFrame]) -> None:
+    """Warn about each stage whose losses are NaN or infinite in some epoch, naming the epochs."""
+    for name, losses in stages.items():
+        bad = ~np.isfinite(losses.to_numpy(dtype=float)).all(axis=1)
+        if bad.any():
+            epochs = ", ".join(str(epoch) for epoch in np.flatnonzero(bad)[:10] + 1)
+            warnings.warn(
+                f"Stage {name!r} has NaN or infinite losses in {int(bad.sum())} epochs ({epochs}): training diverged "
+                "there, and those epochs are missing from the curves. Lower the learning rate or check the input.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _as_loss_table(name: str, values: pd.DataFrame | Sequence[float]) -> pd.DataFrame:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import check_obs_keys, check_obsm_keys
+from .._validation import (
+    check_obs_keys,
+    check_obsm_keys,
+    check_result_finite,
+    control_flags,
+    get_finite_matrix,
+    matrix_name,
+)
 from ._utils import finish_figure
 
 if TYPE_CHECKING:
@@ -19,11 +28,36 @@ logger = logging.getLogger(__name__)
 
 #: Colour of negative-control wells in every panel (the paper draws them in red).
 CONTROL_COLOR = "#d62728"
+#: ``.uns`` key recording, for each UMAP :func:`umap` stored, what it was computed from.
+RECORD_KEY = "cpe_umap"
+#: Fewest wells a UMAP layout can be computed for (its spectral start needs more points than dimensions + 1).
+MIN_WELLS = 4
 
 
 def umap_key(basis: str) -> str:
-    """Return the ``.obsm`` key under which :func:`umap` stores the UMAP of ``basis``."""
-    return "X_umap" if basis == "X" else f"{basis}_umap"
+    """Return the ``.obsm`` key under which :func:`umap` stores the UMAP of ``basis``.
+
+    The features (``"X"``) get ``X_features_umap``, so that scanpy's ``X_umap`` is never read or overwritten.
+    """
+    return "X_features_umap" if basis == "X" else f"{basis}_umap"
+
+
+def _basis_matrix(adata: AnnData, basis: str) -> np.ndarray:
+    """The embedding as the float32 array UMAP reads, or an error naming it when it is unusable."""
+    data = get_finite_matrix(adata, obsm_key=basis)
+    where = matrix_name(obsm_key=basis)
+    if data.ndim != 2:
+        raise ValueError(f"{where} must be a 2-D wells × dimensions array, got shape {data.shape}.")
+    with np.errstate(over="ignore"):
+        data = data.astype(np.float32)
+    check_result_finite(data, f"{where} in float32, as UMAP reads it,")
+    return data
+
+
+def _record(data: np.ndarray, basis: str, n_neighbors: int, random_state: int) -> dict:
+    """What a UMAP was computed from: the basis, its values (a checksum) and the UMAP's settings."""
+    checksum = hashlib.sha256(np.ascontiguousarray(data).tobytes() + str(data.shape).encode()).hexdigest()
+    return {"basis": basis, "checksum": checksum, "n_neighbors": n_neighbors, "random_state": random_state}
 
 
 def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_state: int = 0) -> np.ndarray:
@@ -36,7 +70,8 @@ def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_st
     basis
         ``.obsm`` key of the embedding, or ``"X"`` for the features.
     n_neighbors
-        Size of the neighbourhood graph (scanpy's default, 15).
+        Size of the neighbourhood graph (scanpy's default, 15), the well itself included; at most the number of
+        wells.
     random_state
         Seed of the UMAP layout.
 
@@ -44,18 +79,26 @@ def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_st
     -------
     The wells x 2 UMAP coordinates.
     """
+    return _umap_of(_basis_matrix(adata, basis), n_neighbors=n_neighbors, random_state=random_state)
+
+
+def _umap_of(data: np.ndarray, *, n_neighbors: int, random_state: int) -> np.ndarray:
+    """The UMAP of a wells × dimensions float32 array (scanpy's neighbours and layout, on a scratch AnnData)."""
     import anndata as ad
     import scanpy as sc
 
-    check_obsm_keys(adata, basis)
-    data = np.asarray(adata.X if basis == "X" else adata.obsm[basis], dtype=np.float32)
-    scratch = ad.AnnData(np.zeros((adata.n_obs, 0), dtype=np.float32), obsm={"rep": data})
+    n_wells = data.shape[0]
+    if n_wells < MIN_WELLS:
+        raise ValueError(f"A UMAP needs at least {MIN_WELLS} wells, got {n_wells}: plot more wells.")
+    if not 2 <= n_neighbors <= n_wells:
+        raise ValueError(f"n_neighbors must lie between 2 and the number of wells ({n_wells}), got {n_neighbors}.")
+    scratch = ad.AnnData(np.zeros((n_wells, 0), dtype=np.float32), obsm={"rep": data})
     sc.pp.neighbors(scratch, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
     sc.tl.umap(scratch, random_state=random_state)
     return scratch.obsm["X_umap"]
 
 
-def _palette(adata: AnnData, column: str, control_key: str | None) -> dict[str, str]:
+def _palette(adata: AnnData, column: str, is_control: np.ndarray | None) -> dict[str, str]:
     """Colours per category; categories made only of control wells get :data:`CONTROL_COLOR`."""
     values = adata.obs[column].astype(str)
     present = set(values)
@@ -63,8 +106,7 @@ def _palette(adata: AnnData, column: str, control_key: str | None) -> dict[str, 
     order = adata.obs[column].cat.categories.astype(str) if adata.obs[column].dtype == "category" else sorted(present)
     categories = [category for category in order if category in present]
     control_categories = set()
-    if control_key is not None:
-        is_control = adata.obs[control_key].to_numpy(dtype=bool)
+    if is_control is not None:
         control_categories = set(values[is_control]) - set(values[~is_control])
     others = [category for category in categories if category not in control_categories]
     palette = {category: _hex(colour) for category, colour in zip(others, _distinct_colours(len(others)), strict=True)}
@@ -91,11 +133,11 @@ def _hex(rgba: Sequence[float]) -> str:
 
 def umap(
     adata: AnnData,
-    basis: Sequence[str],
-    color: Sequence[str],
+    basis: str | Sequence[str],
+    color: str | Sequence[str],
     *,
     control_key: str | None = None,
-    titles: Sequence[str] | None = None,
+    titles: str | Sequence[str] | None = None,
     store: bool = True,
     n_neighbors: int = 15,
     random_state: int = 0,
@@ -116,19 +158,23 @@ def umap(
     adata
         Annotated data matrix holding the embeddings.
     basis
-        ``.obsm`` keys of the embeddings to compare (``"X"`` for the features), one column each.
+        ``.obsm`` key of an embedding, or a list of them, to compare (``"X"`` for the features), one column each.
     color
-        ``.obs`` columns to colour by, one row each.
+        ``.obs`` column, or a list of them, to colour by, one row each.
     control_key
-        Boolean ``.obs`` column marking negative controls. Categories that only control wells carry (``"DMSO"``)
-        are drawn in :data:`CONTROL_COLOR` in every row.
+        Boolean ``.obs`` column marking negative controls, read as ``cpembed.pp`` and ``cpembed.bm`` read it (a
+        column of other values, such as the strings ``"True"`` and ``"False"``, is an error). Categories that only
+        control wells carry (``"DMSO"``) are drawn in :data:`CONTROL_COLOR` in every row.
     titles
         Column titles; default: the basis names.
     store
-        Whether a UMAP that had to be computed is kept in ``adata.obsm[<basis>_umap]`` (``X_umap`` for ``"X"``) so
-        that the next call reuses it. That key is the only thing this function writes.
+        Whether a UMAP that had to be computed is kept in ``adata.obsm[<basis>_umap]`` (``X_features_umap`` for
+        ``"X"``), with what it was computed from (the basis, a checksum of its values, ``n_neighbors`` and
+        ``random_state``) in ``adata.uns["cpe_umap"][<that key>]``; the next call reuses it only if all of these
+        still match, and recomputes it otherwise. These two entries are the only things this function writes; an
+        ``.obsm`` key it did not write (e.g. a UMAP of another graph) is never read nor overwritten.
     n_neighbors, random_state
-        Passed to the UMAP of each embedding that has none yet.
+        Passed to the UMAP of each embedding that has no matching stored UMAP.
     point_size
         Marker size; default scales with the number of wells.
     panel_size
@@ -146,32 +192,25 @@ def umap(
     """
     import matplotlib.pyplot as plt
 
-    basis, color = list(basis), list(color)
+    basis, color = _as_list(basis), _as_list(color)
     if not basis or not color:
         raise ValueError("Pass at least one embedding in `basis` and one obs column in `color`.")
     check_obsm_keys(adata, *basis)
     check_obs_keys(adata, *color, control_key)
-    titles = list(titles) if titles is not None else basis
+    is_control = None if control_key is None else control_flags(adata, control_key)
+    titles = _as_list(titles) if titles is not None else basis
     if len(titles) != len(basis):
         raise ValueError(f"Got {len(titles)} titles for {len(basis)} embeddings.")
-
     coordinates = {}
-    for name in basis:
-        key = umap_key(name)
-        if key not in adata.obsm:
-            coordinates[name] = compute_umap(adata, name, n_neighbors=n_neighbors, random_state=random_state)
-            if store:
-                adata.obsm[key] = coordinates[name]
-                logger.info("added UMAP of %r in adata.obsm[%r]", name, key)
-        else:
-            coordinates[name] = np.asarray(adata.obsm[key])
+    for name in basis:  # a loop, not a comprehension, so that warnings point at the caller
+        coordinates[name] = _cached_umap(adata, name, store=store, n_neighbors=n_neighbors, random_state=random_state)
 
     size = point_size if point_size is not None else max(120_000 / adata.n_obs, 2.0) / 10
     fig, axes = plt.subplots(
         len(color), len(basis), figsize=(panel_size * len(basis) + 2.5, panel_size * len(color)), squeeze=False
     )
     for row, column in enumerate(color):
-        palette = _palette(adata, column, control_key)
+        palette = _palette(adata, column, is_control)
         values = adata.obs[column].astype(str).to_numpy()
         # Draw controls last so they stay visible on top of the perturbations.
         order = np.argsort(np.array([palette[value] == CONTROL_COLOR for value in values]), kind="stable")
@@ -188,6 +227,40 @@ def umap(
         _legend(axes[row, -1], palette)
     fig.tight_layout()
     return finish_figure(fig, show=show, save=save, return_fig=return_fig)
+
+
+def _as_list(names: str | Sequence[str]) -> list[str]:
+    """One name or a sequence of them, as a list."""
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _cached_umap(adata: AnnData, basis: str, *, store: bool, n_neighbors: int, random_state: int) -> np.ndarray:
+    """The UMAP of ``basis``: the stored one if its record matches ``basis`` as it is now, else a new one.
+
+    A new one is stored when ``store`` and the key is free or was written here.
+    """
+    key = umap_key(basis)
+    data = _basis_matrix(adata, basis)
+    record = _record(data, basis, n_neighbors, random_state)
+    records = adata.uns.get(RECORD_KEY, {})
+    owned = key in records
+    if key in adata.obsm and owned and dict(records[key]) == record:
+        return np.asarray(adata.obsm[key])
+    coordinates = _umap_of(data, n_neighbors=n_neighbors, random_state=random_state)
+    if not store:
+        return coordinates
+    if key in adata.obsm and not owned:
+        warnings.warn(
+            f"adata.obsm[{key!r}] was not written by cpembed.pl.umap, so it is neither shown nor replaced: the UMAP "
+            f"of {basis!r} was computed afresh and not stored. Rename that entry to store it.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return coordinates
+    adata.obsm[key] = coordinates
+    adata.uns[RECORD_KEY] = {**records, key: record}
+    logger.info("added UMAP of %r in adata.obsm[%r] and its record in adata.uns[%r]", basis, key, RECORD_KEY)
+    return coordinates
 
 
 def _legend(ax, palette: dict[str, str], max_entries: int = 20) -> None:
