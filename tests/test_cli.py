@@ -1,5 +1,7 @@
 import contextlib
 import io
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from cpembed._report import (
     DEFAULT_METHODS,
     EMBEDDING_KEYS,
     HISTORY_PNG,
+    REPORT_FILES,
     RESULTS_CSV,
     SUMMARY_MD,
     TABLE_PNG,
@@ -26,10 +29,11 @@ from cpembed._report import (
 )
 from cpembed.bm import METRIC_COLUMNS, SCORE_COLUMNS
 from cpembed.cli import main
+from cpembed.model._training_plan import CellPainTRTrainingPlan
 
 matplotlib.use("Agg")
 
-REPORT_FILES = (RESULTS_CSV, TABLE_PNG, UMAP_PNG, HISTORY_PNG, ADATA_H5AD, SUMMARY_MD)
+FAST = ["--methods", "baseline,pca", "--quick", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +200,7 @@ def test_command_line_prints_no_traceback(tmp_path):
 
 
 def test_cwamsn_embeds_images_and_joins_them_to_the_profile_wells(tmp_path):
-    images = cpe.datasets.simulate_images(tmp_path / "store.h5", 2, 2, n_plates=4, n_sites=2, image_size=32, seed=0)
+    images = cpe.datasets.simulate_images(tmp_path / "store.h5", 4, 3, n_plates=8, n_sites=1, image_size=32, seed=0)
     images.obs["plate_well"] = images.obs["Metadata_Plate"].astype(str) + "/" + images.obs["Metadata_Well"].astype(str)
     cpe.tl.handcrafted_features(images)
     profiles = cpe.pp.aggregate(images, by="plate_well", obsm_key="X_handcrafted")
@@ -214,3 +218,139 @@ def test_cwamsn_embeds_images_and_joins_them_to_the_profile_wells(tmp_path):
     written = ad.read_h5ad(tmp_path / "report" / ADATA_H5AD)
     assert written.obsm["X_cwamsn"].shape == (profiles.n_obs, CWAMSNSettings.tiny().embed_dim)
     assert np.isfinite(written.obsm["X_cwamsn"]).all()
+
+
+@pytest.fixture(scope="module")
+def three_weeks_h5ad(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "profiles.h5ad"
+    _three_weeks().write_h5ad(path)
+    return path
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def _stop_training(monkeypatch, stop) -> None:
+    """Make CellPainTR's first training step call ``stop``, as Ctrl-C or a cluster's kill would arrive."""
+
+    def training_step(self, batch, batch_idx):
+        stop()
+
+    monkeypatch.setattr(CellPainTRTrainingPlan, "training_step", training_step)
+
+
+def test_interrupted_rerun_leaves_the_earlier_report_whole(three_weeks_h5ad, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "report"
+    assert main(["run", str(three_weeks_h5ad), "--out", str(out), *FAST]) == 0
+    earlier = _folder_bytes(out)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    _stop_training(monkeypatch, ctrl_c)
+    capsys.readouterr()
+    status = main(["run", str(three_weeks_h5ad), "--out", str(out), "--methods", "baseline,cellpaintr", *FAST[2:]])
+    assert status == 128 + signal.SIGINT
+    assert "interrupted; no report was written" in capsys.readouterr().err
+    assert _folder_bytes(out) == earlier
+    assert [path.name for path in tmp_path.iterdir()] == ["report"]  # no half-written folder beside it
+
+
+def test_sigterm_stops_the_run_with_a_non_zero_status(three_weeks_h5ad, tmp_path, capsys, monkeypatch):
+    """A cluster's time limit (SIGTERM) during training: Lightning alone would end the process with status 0."""
+    _stop_training(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "report"
+    previous = signal.getsignal(signal.SIGTERM)
+    status = main(["run", str(three_weeks_h5ad), "--out", str(out), "--methods", "cellpaintr", *FAST[2:]])
+    assert status == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_rerun_with_fewer_methods_leaves_no_file_of_the_earlier_run(three_weeks_h5ad, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in REPORT_FILES:
+        (out / name).write_text("earlier run")
+    assert main(["run", str(three_weeks_h5ad), "--out", str(out), *FAST]) == 0
+    assert sorted(path.name for path in out.iterdir()) == sorted(set(REPORT_FILES) - {HISTORY_PNG})
+    assert all(content != b"earlier run" for content in _folder_bytes(out).values())
+
+
+def test_errors_of_the_run_itself_are_not_usage_errors(three_weeks_h5ad, tmp_path, monkeypatch):
+    """A ValueError from scoring is a failure of the run, shown with its traceback, not a one-line usage error."""
+
+    def broken_benchmark(*args, **kwargs):
+        raise ValueError("a bug in scoring")
+
+    monkeypatch.setattr(cpe.bm, "benchmark", broken_benchmark)
+    with pytest.raises(ValueError, match="a bug in scoring"):
+        main(["run", str(three_weeks_h5ad), "--out", str(tmp_path / "report"), *FAST])
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda folder: (folder / "report").write_text("not a folder"), "is a file"),
+        (lambda folder: (folder / "report").mkdir() or (folder / "report" / "notes.txt").write_text(""), "notes.txt"),
+    ],
+)
+def test_an_output_that_cannot_be_a_report_folder_exits_with_2(tmp_path, capsys, make_out, message):
+    make_out(tmp_path)
+    status = main(["run", "--out", str(tmp_path / "report"), *FAST])
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+def test_truncated_input_exits_with_2_and_one_line(three_weeks_h5ad, tmp_path, capsys):
+    truncated = tmp_path / "truncated.h5ad"
+    content = three_weeks_h5ad.read_bytes()
+    truncated.write_bytes(content[: len(content) // 2])
+    status = main(["run", str(truncated), "--out", str(tmp_path / "report"), *FAST])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert str(truncated) in error
+
+
+def test_plate_with_one_control_exits_with_2_and_one_line(tmp_path, capsys):
+    adata = _three_weeks()
+    plate = adata.obs["Metadata_Plate"].iloc[0]
+    controls = np.flatnonzero((adata.obs["Metadata_Plate"] == plate) & adata.obs["Metadata_is_negcon"])
+    adata = adata[np.setdiff1d(np.arange(adata.n_obs), controls[1:])].copy()
+    path = tmp_path / "profiles.h5ad"
+    adata.write_h5ad(path)
+    status = main(["run", str(path), "--out", str(tmp_path / "report"), *FAST])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "cpembed: error:" in error
+    assert f"plate {plate!r} (1 control well)" in error
+
+
+def test_too_few_wells_for_the_benchmark_exit_with_2_before_any_work(tmp_path, capsys):
+    adata = _three_weeks()
+    keep = np.flatnonzero(adata.obs["Metadata_is_negcon"].to_numpy())
+    keep = np.concatenate([keep, np.flatnonzero(~adata.obs["Metadata_is_negcon"].to_numpy())[:40]])
+    path = tmp_path / "profiles.h5ad"
+    adata[np.sort(keep)].copy().write_h5ad(path)
+    assert main(["run", str(path), "--out", str(tmp_path / "report"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "The graph metrics see 40 wells" in error
+    assert not (tmp_path / "report").exists()
+
+
+def test_debug_shows_the_traceback_of_an_input_error(tmp_path):
+    with pytest.raises(KeyError, match="Metadata_Lab"):
+        main(["run", "--out", str(tmp_path / "report"), "--batch-key", "Metadata_Lab", "--debug"])
+
+
+def test_the_working_folder_cannot_be_the_report_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--out", ".", *FAST]) == 2
+    assert "working folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -198,7 +198,7 @@ def test_build_image_store_keeps_the_previous_store_when_a_tiff_is_corrupt(tmp_p
     with pytest.raises(ValueError, match=r"B02_Mito\.tif"):
         cpe.io.build_image_store(fields, tmp_path / "new.h5", intensity_scale=intensity_scale)
     assert not (tmp_path / "new.h5").exists()
-    assert not list(tmp_path.glob(".partial-*"))
+    assert not list(tmp_path.glob(".incomplete-*"))
 
 
 def test_image_store_readers_name_files_that_are_not_stores(tmp_path):

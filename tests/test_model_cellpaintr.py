@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import warnings
 
 import anndata as ad
@@ -9,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import cpembed as cpe
 from cpembed.model import CellPainTR, StageConfig
@@ -356,3 +359,157 @@ def test_read_rows_matches_fancy_indexing(profiles, tmp_path):
     with h5py.File(tmp_path / "m.h5", "r") as file:
         np.testing.assert_array_equal(read_rows(file["X"], rows, max_gap=2), expected)
     assert contiguous_runs(np.array([0, 1, 2, 10, 11, 40]), max_gap=8) == [(0, 12), (40, 41)]
+
+
+class _RaiseAtBatch(Callback):
+    """Raise ``error`` (or send ``signum`` to this process) at the end of the ``at``-th training batch of a run."""
+
+    def __init__(self, at: int, error: BaseException | None = None, signum: int | None = None):
+        self.at, self.error, self.signum, self.seen = at, error, signum, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.at and self.error is not None:
+            raise self.error
+        if self.seen == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def _weights(model: CellPainTR) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.module.state_dict().items()}
+
+
+def _assert_same_weights(model: CellPainTR, weights: dict[str, torch.Tensor]) -> None:
+    after = model.module.state_dict()
+    assert after.keys() == weights.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+
+
+STAGES_1_2 = {"stage1": STAGES["stage1"], "stage2": STAGES["stage2"], "stages": (1, 2)}
+
+
+def test_ctrl_c_restores_the_model_and_retraining_matches_a_fresh_model(profiles):
+    """Ctrl-C in stage 2 (after stage 1 finished) raises KeyboardInterrupt, not SystemExit, and leaves the model as
+    it was before train(): training it again gives the model a fresh one gives."""
+    adata = _setup(profiles[:128])
+    model = CellPainTR(adata, **TINY)
+    before, sigint_handler = _weights(model), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="restored"):
+        model.train(**STAGES_1_2, callbacks=[_RaiseAtBatch(3, KeyboardInterrupt())], **QUIET)
+    _assert_same_weights(model, before)
+    assert model.stage_states_ == {}
+    assert model.history_ == {}
+    assert not model.is_trained_
+    assert model.training_preset_ is None
+    assert signal.getsignal(signal.SIGINT) == sigint_handler  # Ctrl-C works again (Lightning ignores it while stopping)
+    model.train(**STAGES_1_2, **QUIET)
+    fresh = CellPainTR(adata, **TINY)
+    fresh.train(**STAGES_1_2, **QUIET)
+    np.testing.assert_array_equal(model.get_latent_representation(), fresh.get_latent_representation())
+
+
+def test_sigterm_during_training_exits_non_zero_and_restores_the_model(profiles):
+    """Lightning ends training on SIGTERM with a SystemExit of status 0; the model raises one that says why."""
+    model = CellPainTR(_setup(profiles[:128]), **TINY)
+    before = _weights(model)
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            model.train(**STAGES_1_2, callbacks=[_RaiseAtBatch(1, signum=signal.SIGTERM)], **QUIET)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+    assert "SIGTERM" in str(stopped.value.code)  # a message: the exit status is 1, not 0
+    _assert_same_weights(model, before)
+    assert model.stage_states_ == {}
+
+
+def test_failed_add_source_leaves_the_model_unchanged(profiles):
+    model = CellPainTR(_setup(profiles[:128]), **TINY)
+    before, sources = _weights(model), list(model.source_names)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.add_source(profiles[128:192], "NewLab", callbacks=[_RaiseAtBatch(1, RuntimeError("disk full"))], **QUIET)
+    assert model.source_names == sources
+    assert list(model.init_params_["non_kwargs"]["added_sources"]) == []
+    _assert_same_weights(model, before)
+    model.add_source(profiles[128:192], "NewLab", {"max_epochs": 1}, **QUIET)
+    assert model.source_names == [*sources, "NewLab"]
+
+
+def test_add_source_reads_the_registered_layer(profiles):
+    """With setup_anndata(layer=...), the new token is fitted on that layer, as training and embedding read it."""
+    rng = np.random.default_rng(0)
+
+    def with_layer(wells: ad.AnnData, x_noise: bool) -> ad.AnnData:
+        wells = wells.copy()
+        wells.layers["norm"] = wells.X.copy()
+        if x_noise:
+            wells.X = rng.normal(scale=100, size=wells.shape).astype(np.float32)
+        return wells
+
+    tokens = []
+    for x_noise in (True, False):
+        model = CellPainTR(_setup(with_layer(profiles[:128], x_noise), layer="norm"), **TINY)
+        model.add_source(with_layer(profiles[128:192], x_noise), "NewLab", {"max_epochs": 1}, **QUIET)
+        tokens.append(model.module.state_dict()["embeddings.source_embedding.weight"][model.n_sources - 1])
+    torch.testing.assert_close(tokens[0], tokens[1], rtol=0, atol=0)
+    with pytest.raises(KeyError, match="'norm' not found"):
+        model.add_source(profiles[128:192], "OtherLab", **QUIET)
+
+
+def test_latent_indices_outside_the_data_are_refused(trained):
+    n_obs = trained.adata.n_obs
+    with pytest.raises(IndexError, match=f"\\[0, {n_obs}\\).*10000"):
+        trained.get_latent_representation(indices=[0, 10000])
+    with pytest.raises(IndexError, match="-1"):
+        trained.get_latent_representation(indices=[-1, 2])
+    with pytest.raises(TypeError, match="integer"):
+        trained.get_latent_representation(indices=[0.5])
+    assert trained.get_latent_representation(indices=[]).shape == (0, TINY["d_model"])
+
+
+def test_load_errors_name_the_folder_and_the_fix(saved, profiles, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No saved CellPainTR model"):
+        CellPainTR.load(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="save_anndata=True"):
+        CellPainTR.load(str(saved))
+    other_source = profiles[:20].copy()
+    other_source.obs["Metadata_Batch"] = "NewLab"
+    with pytest.raises(ValueError, match=r"NewLab.*unknown-source token"):
+        CellPainTR.load(str(saved), adata=other_source)
+    with pytest.raises(ValueError, match="another order"):
+        CellPainTR.load(str(saved), adata=profiles[:, ::-1].copy())
+    with pytest.raises(ValueError, match=r"1 of the model's features are missing"):
+        CellPainTR.load(str(saved), adata=profiles[:, 1:].copy())
+
+
+def test_interrupted_save_leaves_the_folder_as_it_was(trained, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    trained.save(str(folder))
+    written = (folder / "model.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(str(folder))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trained.save(str(folder), overwrite=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no half-written folder left
+    assert (folder / "model.pt").read_bytes() == written
+    (folder / "notes.txt").write_text("mine")
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        trained.save(str(folder), overwrite=True)
+
+
+def test_values_beyond_float32_are_refused_not_zeroed(profiles):
+    """A finite float64 value that float32 cannot hold would become infinite, then be read as 0."""
+    adata = profiles[:64].copy()
+    adata.X = adata.X.astype(np.float64)
+    adata.X[3, 2] = 1e39
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        CellPainTR(_setup(adata), **TINY)

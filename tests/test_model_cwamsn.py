@@ -488,3 +488,68 @@ def test_training_is_seeded_and_leaves_global_rng_alone(fields):
         assert torch.equal(torch.random.get_rng_state(), state)
         latents.append(model.get_latent_representation())
     np.testing.assert_array_equal(latents[0], latents[1])
+
+
+def test_load_reads_the_images_of_the_given_adata(fields, tmp_path):
+    """A loaded model set up on new data reads that data's image store, not the store it was trained on."""
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    model.save(tmp_path / "model")
+    brighter = with_store(fields, tmp_path / "brighter.h5", lambda images: np.sqrt(images.astype(np.float32)))
+    loaded = cpe.model.CWAMSN.load(tmp_path / "model", brighter)
+    assert loaded.setup_args_["image_store"] == str(tmp_path / "brighter.h5")
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation(setup(brighter.copy()))
+    )
+    unrecorded = fields.copy()
+    del unrecorded.uns["image_store"]
+    with pytest.warns(UserWarning, match="training store"):
+        cpe.model.CWAMSN.load(tmp_path / "model", unrecorded)
+    with pytest.raises(FileNotFoundError, match="No saved CWAMSN model"):
+        cpe.model.CWAMSN.load(tmp_path / "missing", fields.copy())
+
+
+def test_interrupted_training_leaves_the_model_as_it_was(fields, monkeypatch):
+    from cpembed.module import MSNTrainingStep
+
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    before = {name: value.clone() for name, value in model.module.state_dict().items()}
+    step = MSNTrainingStep.__call__
+    calls = []
+
+    def interrupted_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MSNTrainingStep, "__call__", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, progress_bar=False)
+    after = model.module.state_dict()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+    assert model.history_ == {"loss": []}
+    assert not model.is_trained_
+
+
+def test_interrupted_save_keeps_the_earlier_file(fields, tmp_path, monkeypatch):
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    model.save(tmp_path)
+    written = (tmp_path / "model.pt").read_bytes()
+
+    def interrupted_save(state, path):
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(tmp_path, overwrite=True)
+    assert (tmp_path / "model.pt").read_bytes() == written
+    assert [path.name for path in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_setup_names_an_image_store_that_is_not_one(fields, tmp_path):
+    not_a_store = tmp_path / "profiles.csv"
+    not_a_store.write_text("Metadata_Plate,feature\np1,1.0\n")
+    with pytest.raises(ValueError, match=rf"Cannot read {not_a_store} as an HDF5 image store"):
+        cpe.model.CWAMSN.setup_anndata(fields.copy(), **KEYS, image_store=str(not_a_store))

@@ -1,12 +1,15 @@
 """The cpembed report: preprocess profiles, embed them with every method, score the embeddings and write a folder.
 
 :func:`run_report` is what ``cpembed run`` does; it only chains the library's functions (:func:`cpembed.pp.recipe_jump`,
-:mod:`cpembed.tl`, :func:`cpembed.bm.benchmark`, :mod:`cpembed.pl`) and writes their results.
+:mod:`cpembed.tl`, :func:`cpembed.bm.benchmark`, :mod:`cpembed.pl`) and writes their results. It runs in two steps:
+:func:`prepare_report` checks the input and preprocesses it (where bad input shows), :func:`write_report` embeds,
+scores and writes the folder, whole or not at all.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +46,8 @@ UMAP_PNG = "umap.png"
 HISTORY_PNG = "training_history.png"
 ADATA_H5AD = "embeddings.h5ad"
 SUMMARY_MD = "report.md"
+#: Every file a report folder may hold.
+REPORT_FILES = (RESULTS_CSV, TABLE_PNG, UMAP_PNG, HISTORY_PNG, ADATA_H5AD, SUMMARY_MD)
 
 
 @dataclass(frozen=True)
@@ -199,10 +204,12 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def check_inputs(adata: AnnData, config: ReportConfig) -> None:
-    """Raise before any work when a key, the control column or a method does not fit ``adata``."""
+    """Raise before any work when a key, the control column, the number of wells or a method does not fit ``adata``."""
+    from cpembed.bm._benchmark import check_enough_wells
+
     parse_methods(",".join(config.methods))
     check_obs_keys(adata, *config.obs_keys())
-    control_flags(adata, config.control_key)
+    check_enough_wells(int((~control_flags(adata, config.control_key)).sum()))
     if "cwamsn" in config.methods:
         if config.images is None:
             raise ValueError("Method 'cwamsn' embeds images: pass an image AnnData (`images=`, `--images`).")
@@ -210,6 +217,68 @@ def check_inputs(adata: AnnData, config: ReportConfig) -> None:
             raise ValueError("Method 'cwamsn' joins images to profiles by plate and well: set the well key.")
         if not Path(config.images).is_file():
             raise FileNotFoundError(f"Image AnnData {config.images} does not exist.")
+
+
+def check_output_folder(out: str | Path) -> None:
+    """Raise before any work when ``out`` cannot become a report folder.
+
+    ``out`` may be missing (it is created) or an earlier report folder (it is replaced as a whole); a file, a path
+    below a file, a folder holding other files than a report's or the working folder, or a place without write
+    permission is refused.
+    """
+    out = Path(out)
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ValueError(
+            f"The report folder {out} is the working folder or holds it, which the report would replace. Choose a "
+            "subfolder, e.g. report/."
+        )
+    existing = next(path for path in (out, *out.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"cannot be created: {existing} is a file"
+        raise NotADirectoryError(f"The report folder {out} {where}. Choose a folder path for the report.")
+    if existing == out:
+        others = sorted(path.name for path in out.iterdir() if path.name not in REPORT_FILES)
+        if others:
+            raise FileExistsError(
+                f"The report folder {out} holds files that are not part of a report ({', '.join(others[:5])}), "
+                "which the new report would delete. Choose a new or empty folder."
+            )
+    if not os.access(existing if existing != out else out.absolute().parent, os.W_OK):
+        raise PermissionError(f"The report folder {out} cannot be written: no write permission in {existing}.")
+
+
+@dataclass(frozen=True)
+class PreparedProfiles:
+    """Input of :func:`write_report`, made by :func:`prepare_report`.
+
+    Attributes
+    ----------
+    adata
+        The preprocessed copy of the raw profiles; :func:`write_report` adds the embeddings to it.
+    raw_shape
+        Wells and features of the raw profiles.
+    timings
+        Seconds of each step so far.
+    """
+
+    adata: AnnData
+    raw_shape: tuple[int, int]
+    timings: dict[str, float]
+
+
+def prepare_report(adata: AnnData, config: ReportConfig) -> PreparedProfiles:
+    """Check ``adata`` against ``config`` and preprocess a copy of it with :func:`cpembed.pp.recipe_jump`.
+
+    Every problem of the input (a missing key, a non-boolean control column, a plate the preprocessing cannot
+    normalise) shows here, before the long steps; ``adata`` itself is not changed.
+    """
+    check_inputs(adata, config)
+    timings: dict[str, float] = {}
+    raw_shape = adata.shape
+    adata = adata.copy()
+    with _timed("preprocessing (recipe_jump)", timings):
+        cpe.pp.recipe_jump(adata, config.plate_key, config.control_key)
+    return PreparedProfiles(adata, raw_shape, timings)
 
 
 def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.DataFrame:
@@ -228,7 +297,8 @@ def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.Data
     config
         Keys and options.
     out
-        Folder to write to (created if needed; files of an earlier report are replaced).
+        Folder to write to: created, or replaced as a whole when it holds an earlier report (see
+        :func:`write_report`).
 
     Returns
     -------
@@ -238,14 +308,21 @@ def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.Data
     (the preprocessed profiles with every embedding in ``.obsm`` and the table in ``.uns["cpe_benchmark"]``) and
     ``report.md``.
     """
-    check_inputs(adata, config)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    raw_shape = adata.shape
-    adata = adata.copy()
-    with _timed("preprocessing (recipe_jump)", timings):
-        cpe.pp.recipe_jump(adata, config.plate_key, config.control_key)
+    check_output_folder(out)
+    return write_report(prepare_report(adata, config), config, out)
+
+
+def write_report(prepared: PreparedProfiles, config: ReportConfig, out: str | Path) -> pd.DataFrame:
+    """Embed the prepared profiles with every method, benchmark them and write the report folder ``out``.
+
+    The files are written to a temporary folder beside ``out`` that replaces ``out`` at the end, so ``out`` holds
+    one whole report, the earlier one or this one, never a mix; a failed or interrupted run leaves it as it was.
+    Returns the results table (see :func:`run_report`).
+    """
+    check_output_folder(out)
+    from cpembed._files import staged_folder
+
+    adata, timings = prepared.adata, dict(prepared.timings)
     histories = {}
     for method in (name for name in METHODS if name in config.methods):
         with _timed(method, timings):
@@ -254,11 +331,13 @@ def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.Data
             histories[method] = history
     with _timed("benchmark", timings):
         table = score_embeddings(adata, config)
-    with _timed("figures", timings):
-        figures = draw_figures(adata, table, histories, config, out)
-    table.to_csv(out / RESULTS_CSV)
-    adata.write_h5ad(out / ADATA_H5AD)
-    (out / SUMMARY_MD).write_text(summary_markdown(raw_shape, adata, config, table, timings, figures))
+    with staged_folder(out) as folder:
+        with _timed("figures", timings):
+            figures = draw_figures(adata, table, histories, config, folder)
+        table.to_csv(folder / RESULTS_CSV)
+        adata.write_h5ad(folder / ADATA_H5AD)
+        summary = summary_markdown(prepared.raw_shape, adata, config, table, timings, figures)
+        (folder / SUMMARY_MD).write_text(summary)
     logger.info("report written to %s", out)
     return table
 

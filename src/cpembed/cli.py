@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +18,8 @@ logger = logging.getLogger("cpembed")
 
 #: Exit status of bad arguments or input (argparse's).
 USAGE_ERROR = 2
+#: Errors of the input and the arguments, found while loading, checking and preprocessing: one line, no traceback.
+USER_ERRORS = (OSError, KeyError, TypeError, ValueError)
 #: mAP null size of ``--quick`` (enough to run every metric, not to rank methods).
 QUICK_NULL_SIZE = 1000
 #: BBBC021's concentration column: with it, ``cpembed run`` on the bundled data adds NSC / NSCB MoA accuracy.
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of PCA, Harmony, CellPainTR and UMAP")
     run.add_argument("--n-jobs", type=int, default=defaults.n_jobs, help="workers of the benchmark's classifiers")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars (the log stays)")
+    run.add_argument("--debug", action="store_true", help="show the full traceback of an error in the input too")
     return parser
 
 
@@ -68,23 +74,65 @@ def _methods_argument(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM, so that a run stops as on Ctrl-C."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cpembed``; returns the exit status (0, or 2 for bad arguments or input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``cpembed`` and return the exit status.
+
+    0: the report was written. 2: bad arguments or input, one line on stderr (``--debug``: the traceback). 130 or
+    143: interrupted by Ctrl-C or SIGTERM (128 + the signal). Any other error is a failure of the run and propagates
+    with its traceback (status 1). The report folder is written whole at the end, so every run that does not exit
+    with 0 leaves it as it was.
+    """
+    args = build_parser().parse_args(argv)
     _configure_logging()
     try:
-        adata, config = _load(args)
-        from ._report import run_report
+        with _sigterm_raises():
+            return _run(args)
+    except (KeyboardInterrupt, Terminated) as stop:
+        signum, what = (
+            (signal.SIGTERM, "stopped by SIGTERM") if isinstance(stop, Terminated) else (signal.SIGINT, "interrupted")
+        )
+        print(f"cpembed: {what}; no report was written ({args.out} is as it was).", file=sys.stderr)
+        return 128 + signum
 
-        table = run_report(adata, config, args.out)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
+
+def _run(args: argparse.Namespace) -> int:
+    from ._report import check_output_folder, prepare_report, write_report
+
+    try:
+        check_output_folder(args.out)
+        adata, config = _load(args)
+        prepared = prepare_report(adata, config)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        print(f"cpembed: error: {message}", file=sys.stderr)
+        print(f"cpembed: error: {' '.join(str(message).split())}", file=sys.stderr)
         return USAGE_ERROR
+    table = write_report(prepared, config, args.out)
     print(table.round(3).to_string())
     print(f"Report written to {args.out}")
     return 0
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM (a cluster's time limit, ``kill``) raises :class:`Terminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load(args: argparse.Namespace):
@@ -124,11 +172,13 @@ def _read_input(path: Path):
     import anndata as ad
 
     import cpembed as cpe
+    from cpembed._validation import reading_file
 
     if not path.is_file():
         raise FileNotFoundError(f"Input file {path} does not exist.")
     if path.name.lower().endswith(".h5ad"):
-        return ad.read_h5ad(path)
+        with reading_file(path, "an AnnData .h5ad file"):
+            return ad.read_h5ad(path)
     return cpe.io.read_profiles(path)
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import partial_path
 from .._validation import check_indices, reading_file
-from ._files import partial_path
 
 IMAGE_INDEX_KEY = "image_index"
 STORE_UNS_KEY = "image_store"

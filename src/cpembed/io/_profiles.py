@@ -22,9 +22,9 @@ import pandas as pd
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from .._files import replacing
 from .._validation import reading_file
 from ._feature_names import parse_feature_names
-from ._files import replacing
 
 if TYPE_CHECKING:
     import pyarrow as pa

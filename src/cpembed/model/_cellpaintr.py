@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _load_saved_files
-from scvi.train import TrainRunner
+from scvi.train import Trainer
 
-from cpembed._validation import check_layer, check_obs_complete, check_obs_keys
+from cpembed._validation import check_indices, check_layer, check_obs_complete, check_obs_keys
 from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
 
+from .._files import staged_folder
 from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks, read_rows
 from ._random_state import seeded_torch_random
 from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
+from ._state import cpu_state_dict
 from ._training_plan import PRESET_STAGES, CellPainTRTrainingPlan, StageConfig
 
 StageSettings = StageConfig | Mapping[str, object] | None
@@ -40,6 +45,13 @@ GRADIENT_CLIP = 1.0
 
 #: Wells the network's fixed PCA projection is fitted on (a random sample when there are more).
 PROJECTION_SAMPLE = 20_000
+
+#: Attributes that training changes besides the weights; a failed or interrupted training restores them.
+TRAINING_STATE = ("stage_states_", "history_", "training_preset_", "is_trained_", "_added_sources", "init_params_")
+
+#: File names of a saved model (scvi-tools' ``SAVE_KEYS``), after the prefix.
+MODEL_FILE = "model.pt"
+ADATA_FILE = "adata.h5ad"
 
 
 class _CellPainTRNetwork(CellPainTRModule):
@@ -235,15 +247,15 @@ class CellPainTR(BaseModelClass):
 
         super().view_anndata_setup(adata=adata, hide_state_registries=hide_state_registries)
 
-    def _check_features(self, adata: AnnData) -> None:
-        expected = self.adata.var_names
-        if not adata.var_names.equals(expected):
-            missing = expected.difference(adata.var_names)
-            raise ValueError(
-                f"adata has {adata.n_vars} features, the model was trained on {len(expected)}; they must be the "
-                f"same in the same order ({len(missing)} model features missing, e.g. {list(missing[:3])}). "
-                "Subset and reorder with adata[:, model.adata.var_names]."
-            )
+    def _registered_matrix(self, adata: AnnData):
+        """The features of ``adata`` where the model's registry says they are (``X`` or the setup layer).
+
+        Every matrix the model reads goes through here, so training, new sources and embeddings read the same
+        numbers; ``adata`` must hold the model's features in the model's order (else ValueError) and the layer
+        (else KeyError).
+        """
+        _check_same_features(adata.var_names, self.adata.var_names)
+        return feature_matrix(adata, self._setup_arg("layer"))
 
     def _source_codes(self, adata: AnnData, unseen_source: Literal["warn", "raise"] = "warn") -> np.ndarray:
         batch_key = self._setup_arg("batch_key")
@@ -342,7 +354,6 @@ class CellPainTR(BaseModelClass):
         if self._setup_arg("labels_key") is None and {2, 3} & set(stages):
             raise ValueError("Stages 2 and 3 need labels: run setup_anndata with labels_key, or train stages=(1,).")
         data = self._training_dataset()
-        self.training_preset_ = preset
         fit_kwargs = {
             "accelerator": accelerator,
             "devices": devices,
@@ -351,27 +362,48 @@ class CellPainTR(BaseModelClass):
             "group_wise_loss": group_wise_loss,
             **trainer_kwargs,
         }
-        for stage in stages:
-            config = configs[stage]
-            make_sampler = self._stage_sampler(stage, data, config, block_size=block_size, seed=seed + stage)
-            losses = []
-            if config.warmup_epochs:
-                with _trainable(self.module, self.module.source_parameters()):
-                    warmup = replace(config, max_epochs=config.warmup_epochs, warmup_epochs=0)
-                    losses += self._fit(WellDataModule(data, make_sampler), warmup, seed=seed, **fit_kwargs)
-            remaining = replace(config, max_epochs=config.max_epochs - config.warmup_epochs, warmup_epochs=0)
-            losses += self._fit(WellDataModule(data, make_sampler), remaining, seed=seed, **fit_kwargs)
-            self._record(f"stage{stage}", losses)
-            self.stage_states_[stage] = {
-                "n_sources": self.n_sources,
-                "state_dict": {name: value.detach().cpu().clone() for name, value in self.module.state_dict().items()},
-            }
+        with self._restored_on_failure():
+            self.training_preset_ = preset
+            for stage in stages:
+                config = configs[stage]
+                make_sampler = self._stage_sampler(stage, data, config, block_size=block_size, seed=seed + stage)
+                losses = []
+                if config.warmup_epochs:
+                    with _trainable(self.module, self.module.source_parameters()):
+                        warmup = replace(config, max_epochs=config.warmup_epochs, warmup_epochs=0)
+                        losses += self._fit(WellDataModule(data, make_sampler), warmup, seed=seed, **fit_kwargs)
+                remaining = replace(config, max_epochs=config.max_epochs - config.warmup_epochs, warmup_epochs=0)
+                losses += self._fit(WellDataModule(data, make_sampler), remaining, seed=seed, **fit_kwargs)
+                self._record(f"stage{stage}", losses)
+                self.stage_states_[stage] = {"n_sources": self.n_sources, "state_dict": cpu_state_dict(self.module)}
+
+    @contextmanager
+    def _restored_on_failure(self) -> Iterator[None]:
+        """Run the block; when it fails or is interrupted, put the model back as it was before, then re-raise.
+
+        Weights, source tokens, stage snapshots, history and the trained flag all return to their state before the
+        block, so a model whose training stopped part-way is the model it was, and training it again gives what a
+        fresh model gives. Lightning turns Ctrl-C into ``SystemExit(1)`` and SIGTERM into an exit with status 0;
+        they are raised again as a KeyboardInterrupt and as an exit with a message (status 1).
+        """
+        saved_state, n_sources, device = cpu_state_dict(self.module), self.module.n_sources, self.device
+        saved_attributes = {name: copy.deepcopy(getattr(self, name)) for name in TRAINING_STATE}
+        try:
+            yield
+        except BaseException as error:
+            self.module = self._network(n_sources, saved_state, self._module_cls).to(device).eval()
+            for name, value in saved_attributes.items():
+                setattr(self, name, value)
+            restored = "the model was restored to its state before the call"
+            if isinstance(error, SIGTERMException):
+                raise SystemExit(f"CellPainTR training was stopped by SIGTERM; {restored}.") from None
+            if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"CellPainTR training was interrupted; {restored}.") from None
+            raise
 
     def _training_dataset(self) -> WellDataset:
         adata = self.adata
-        return WellDataset(
-            feature_matrix(adata, self._setup_arg("layer")), self._source_codes(adata), self._label_codes(adata)
-        )
+        return WellDataset(self._registered_matrix(adata), self._source_codes(adata), self._label_codes(adata))
 
     @staticmethod
     def _stage_sampler(stage: int, data: WellDataset, config: StageConfig, *, block_size: int, seed: int):
@@ -410,23 +442,22 @@ class CellPainTR(BaseModelClass):
             group_wise_loss=group_wise_loss,
             seed=seed,
         )
+        _, lightning_devices, device = parse_device_args(accelerator, devices, return_device="torch")
         trainer_kwargs.setdefault("gradient_clip_val", GRADIENT_CLIP)
-        trainer_kwargs.setdefault("precision", _default_precision(accelerator, devices, precision))
-        self.module.train()  # TrainRunner leaves the module in eval mode after each fit
-        history = self.history_  # TrainRunner would overwrite it with the logger's; the stage records are kept instead
-        runner = TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=datamodule,
+        trainer_kwargs.setdefault("precision", _default_precision(device, precision))
+        trainer = Trainer(
             max_epochs=config.max_epochs,
             accelerator=accelerator,
-            devices=devices,
+            devices=lightning_devices,
             use_distributed_sampler=False,  # the samplers shard the epoch themselves
             **trainer_kwargs,
         )
+        self.module.train()
         with seeded_torch_random(seed, cuda=accelerator != "cpu"):  # dropout draws from the global generators
-            runner()
-        self.history_ = history
+            trainer.fit(plan, datamodule)
+        self.module.eval()
+        self.is_trained_ = True
+        self.to_device(device)
         return plan.epoch_losses
 
     def _record(self, name: str, epoch_losses: list[dict[str, float]]) -> None:
@@ -458,7 +489,8 @@ class CellPainTR(BaseModelClass):
         Parameters
         ----------
         adata
-            Wells of the new source, with the model's features in the same order.
+            Wells of the new source, with the model's features in the same order, where the model reads them (the
+            layer of :meth:`setup_anndata`, else ``X``).
         source_name
             Name of the new source; must not be known yet.
         config
@@ -466,37 +498,36 @@ class CellPainTR(BaseModelClass):
         accelerator, devices, precision, seed, **trainer_kwargs
             As in :meth:`train`.
         """
-        self._check_features(adata)
         if source_name in self.source_names:
             raise ValueError(f"Source {source_name!r} is already known to the model.")
+        matrix = self._registered_matrix(adata)
         config = _merge_config(ADD_SOURCE_STAGE, config)
         new_index = self.n_sources
-        self.module.add_sources(1)
-        self._added_sources.append(source_name)
-        self.init_params_["non_kwargs"]["added_sources"] = list(self._added_sources)
-        data = WellDataset(
-            feature_matrix(adata), np.full(adata.n_obs, new_index, dtype=np.int64), np.full(adata.n_obs, -1)
-        )
+        data = WellDataset(matrix, np.full(adata.n_obs, new_index, dtype=np.int64), np.full(adata.n_obs, -1))
 
         def make_sampler(num_replicas: int, rank: int):
             return BlockShuffleBatchSampler(
                 np.arange(adata.n_obs), config.batch_size, seed=seed, num_replicas=num_replicas, rank=rank
             )
 
-        token_tables = [p for p in self.module.source_parameters() if p.shape[0] == self.n_sources + 1]
-        with _trainable(self.module, token_tables, rows=[new_index]):
-            losses = self._fit(
-                WellDataModule(data, make_sampler),
-                config,
-                accelerator=accelerator,
-                devices=devices,
-                precision=precision,
-                source_dropout=0.0,
-                group_wise_loss=True,
-                seed=seed,
-                **trainer_kwargs,
-            )
-        self._record(f"add_source:{source_name}", losses)
+        with self._restored_on_failure():
+            self.module.add_sources(1)
+            self._added_sources.append(source_name)
+            self.init_params_["non_kwargs"]["added_sources"] = list(self._added_sources)
+            token_tables = [p for p in self.module.source_parameters() if p.shape[0] == self.n_sources + 1]
+            with _trainable(self.module, token_tables, rows=[new_index]):
+                losses = self._fit(
+                    WellDataModule(data, make_sampler),
+                    config,
+                    accelerator=accelerator,
+                    devices=devices,
+                    precision=precision,
+                    source_dropout=0.0,
+                    group_wise_loss=True,
+                    seed=seed,
+                    **trainer_kwargs,
+                )
+            self._record(f"add_source:{source_name}", losses)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -520,7 +551,7 @@ class CellPainTR(BaseModelClass):
             Wells to embed, with the model's features in the same order; default the training data. May be
             backed: rows are read in chunks of ``batch_size``.
         indices
-            Rows of ``adata`` to embed; default all.
+            Rows of ``adata`` to embed (positions in ``[0, n_obs)``); default all.
         batch_size
             Wells per forward pass; default 256.
         stage
@@ -536,13 +567,12 @@ class CellPainTR(BaseModelClass):
         """
         self._check_if_trained(warn=False)
         adata = self.adata if adata is None else adata
-        self._check_features(adata)
-        rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
+        matrix = self._registered_matrix(adata)
+        rows = check_indices(indices, adata.n_obs)
         network = self.module if stage is None else self._stage_network(stage)
         sources = self._source_codes(adata, unseen_source)
         n_known = network.n_sources if stage is not None else self.n_sources
         sources = np.where(sources < n_known, sources, n_known)
-        matrix = feature_matrix(adata, self._setup_arg("layer"))
         device = self.device
         network.eval()
         embeddings = np.empty((len(rows), self.init_params_["non_kwargs"]["d_model"]), dtype=np.float32)
@@ -557,10 +587,16 @@ class CellPainTR(BaseModelClass):
         if stage not in self.stage_states_:
             raise ValueError(f"Stage {stage} has not been trained (trained stages: {sorted(self.stage_states_)}).")
         saved = self.stage_states_[stage]
+        return self._network(saved["n_sources"], saved["state_dict"]).to(self.device)
+
+    def _network(
+        self, n_sources: int, state_dict: Mapping[str, torch.Tensor], network_cls: type = CellPainTRModule
+    ) -> CellPainTRModule:
+        """A network of this model's architecture with ``n_sources`` source tokens and the weights ``state_dict``."""
         params = self.init_params_["non_kwargs"]
-        network = CellPainTRModule(
+        network = network_cls(
             n_features=self.adata.n_vars,
-            n_sources=saved["n_sources"],
+            n_sources=n_sources,
             feature_groups=self.feature_groups,
             d_model=params["d_model"],
             n_layers=params["n_layers"],
@@ -571,34 +607,125 @@ class CellPainTR(BaseModelClass):
             readout=params.get("readout", "cls"),
             linear_path=params.get("linear_path", False),
         )
-        network.load_state_dict(saved["state_dict"])
-        return network.to(self.device)
+        network.load_state_dict(state_dict)
+        return network
 
     # ------------------------------------------------------------------ saving
 
+    def save(self, dir_path: str, prefix: str | None = None, overwrite: bool = False, **kwargs) -> None:
+        """Save the model (scvi-tools' files) to the folder ``dir_path``, written whole or not at all.
+
+        The files go to a temporary folder beside ``dir_path`` that replaces it at the end, so an interrupted or
+        failed save leaves ``dir_path`` as it was.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write.
+        prefix
+            File name prefix.
+        overwrite
+            Replace an existing ``dir_path``; it must then hold saved models only, as it is replaced as a whole.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.save` (``save_anndata``, ...).
+        """
+        folder = Path(dir_path)
+        if folder.exists():
+            if not overwrite:
+                raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it.")
+            others = [
+                entry.name
+                for entry in (folder.iterdir() if folder.is_dir() else [folder])
+                if not entry.name.endswith((MODEL_FILE, ADATA_FILE))
+            ]
+            if others:
+                raise FileExistsError(
+                    f"{folder} holds files that are not a saved model ({others[:5]}), which overwrite=True would "
+                    "delete; save into a new or empty folder."
+                )
+        with staged_folder(folder) as staging:
+            super().save(str(staging), prefix=prefix, overwrite=True, **kwargs)
+
     @classmethod
     def load(cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs) -> CellPainTR:
-        """Load a saved model; ``adata`` must hold the model's features in the same order (else ValueError).
+        """Load a saved model, attached to ``adata`` or to the AnnData saved with it.
 
         Parameters
         ----------
         dir_path
             Folder written by :meth:`save`.
         adata
-            Data to attach; default the AnnData saved with the model (``save(..., save_anndata=True)``).
+            Data to attach: the model's features in the same order, and only sources and labels the saved model
+            was set up with (else ValueError). Default: the AnnData saved with the model
+            (``save(..., save_anndata=True)``). Data of other sources is embedded with
+            ``model.get_latent_representation(adata)`` or :func:`cpembed.tl.cellpaintr`, which use the
+            unknown-source token. As :meth:`setup_anndata` does, loading adds the ``_scvi_*`` registration entries
+            to ``adata``.
         prefix
             File name prefix used when saving.
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``).
         """
-        if adata is not None:
-            _, var_names, _, _ = _load_saved_files(dir_path, load_adata=False, prefix=prefix)
-            if not np.array_equal(np.asarray(adata.var_names), np.asarray(var_names)):
+        folder, file_prefix = Path(dir_path), prefix or ""
+        model_file = folder / f"{file_prefix}{MODEL_FILE}"
+        if not model_file.is_file():
+            raise FileNotFoundError(
+                f"No saved CellPainTR model at {model_file}: pass the folder written by model.save(dir_path)"
+                f"{' and its prefix' if prefix else ''}."
+            )
+        attributes, var_names, _, _ = _load_saved_files(str(folder), load_adata=False, prefix=prefix)
+        if adata is None:
+            if not (folder / f"{file_prefix}{ADATA_FILE}").is_file():
                 raise ValueError(
-                    f"adata has {adata.n_vars} features but the saved model was trained on {len(var_names)} "
-                    "different or differently ordered features; subset adata to the model's features first."
+                    f"{folder} holds no AnnData (the model was saved without save_anndata=True): pass the data to "
+                    f"attach, CellPainTR.load({str(folder)!r}, adata=...)."
                 )
-        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+        else:
+            _check_same_features(adata.var_names, pd.Index(var_names))
+            _check_registered_categories(adata, attributes["registry_"])
+        return super().load(str(folder), adata=adata, prefix=prefix, **kwargs)
+
+
+def _check_same_features(given: pd.Index, expected: pd.Index) -> None:
+    """Raise a ValueError saying how the features ``given`` differ from the model's ``expected`` ones."""
+    if given.equals(expected):
+        return
+    missing, extra = expected.difference(given, sort=False), given.difference(expected, sort=False)
+    if len(missing) or len(extra):
+        detail = (
+            f"{len(missing)} of the model's features are missing (e.g. {list(missing[:3])}) and {len(extra)} are "
+            f"not the model's (e.g. {list(extra[:3])})"
+        )
+    elif not given.is_unique:
+        detail = f"adata repeats feature names, e.g. {list(given[given.duplicated()][:3])}"
+    else:
+        detail = "they are the model's features in another order"
+    raise ValueError(
+        f"adata has {len(given)} features and the model {len(expected)}: {detail}. Select the model's features in "
+        "its order, adata[:, features] with features = model.adata.var_names (or the saved model's var_names)."
+    )
+
+
+def _check_registered_categories(adata: AnnData, registry: Mapping) -> None:
+    """Raise a ValueError naming the sources and labels of ``adata`` that a saved model's registry lacks."""
+    setup = registry["setup_args"]
+    fields = registry["field_registries"]
+    for field, key, what in (
+        (REGISTRY_KEYS.BATCH_KEY, setup["batch_key"], "sources"),
+        (REGISTRY_KEYS.LABELS_KEY, setup["labels_key"], "labels"),
+    ):
+        if key is None:
+            continue
+        check_obs_keys(adata, key)
+        known = set(fields[field]["state_registry"]["categorical_mapping"])
+        unseen = sorted({value for value in adata.obs[key].unique() if value not in known}, key=str)
+        if unseen:
+            raise ValueError(
+                f"adata.obs[{key!r}] holds {what} the saved model was not set up with: {unseen[:10]}. A loaded model "
+                "is attached to data of its own sources and labels only: load it without adata (or with its "
+                "training data) and embed these wells with model.get_latent_representation(adata) or "
+                "cpembed.tl.cellpaintr(adata, model=model), which give unseen sources the unknown-source token."
+            )
 
 
 def _feature_group_ids(adata: AnnData) -> torch.Tensor:
@@ -639,10 +766,9 @@ def _merge_config(default: StageConfig, settings: StageSettings) -> StageConfig:
     return replace(default, **dict(settings))
 
 
-def _default_precision(accelerator: str, devices, precision: str | None) -> str:
+def _default_precision(device, precision: str | None) -> str:
     if precision is not None:
         return precision
-    _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
     return "bf16-mixed" if torch.device(device).type == "cuda" else "32-true"
 
 

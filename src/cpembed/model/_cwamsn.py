@@ -8,13 +8,19 @@ from two different wells out of an HDF5 image store. Training is a plain PyTorch
 
 from __future__ import annotations
 
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._files import replacing
 from .._validation import check_groups_present, check_obs_complete, check_obs_keys, control_flags
 from ._random_state import seeded_torch_random
+from ._state import cpu_state_dict
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -42,9 +48,9 @@ def _store_path(adata: AnnData, image_store: str | Path | None) -> str:
 
 
 def _store_shape(path: str) -> tuple[int, ...]:
-    import h5py
+    from ..io._image_store import open_image_store
 
-    with h5py.File(path, "r") as file:
+    with open_image_store(path) as file:
         return file["images"].shape
 
 
@@ -201,17 +207,17 @@ class CWAMSN:
             cross_well=self.init_params_["cross_well"],
         )
 
-    def _channel_statistics(self, adata: AnnData, images: StoreImages):
+    def _channel_statistics(self, adata: AnnData, images: StoreImages, setup: dict[str, Any]):
         """Channel statistics to standardise each row of the store ``images`` with (``None``: per view).
 
         With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 array holding, for every
-        image of ``adata``, the pixel mean and standard deviation of its plate's negative-control images.
+        image of ``adata`` (registered with ``setup``), the pixel mean and standard deviation of its plate's
+        negative-control images.
         """
         if self.init_params_["normalization"] == "image":
             return None
         from ..module import group_channel_statistics
 
-        setup = self._registered_setup(adata)
         _check_plate_control_keys(setup)
         plates = adata.obs[setup["plate_key"]].astype(str).to_numpy()
         is_control = control_flags(adata, setup["control_key"])
@@ -311,10 +317,15 @@ class CWAMSN:
             batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
         )
         # A store handle of its own: the loader's stays closed in this process, so forked workers open their own.
-        channel_stats = self._channel_statistics(self.adata, StoreImages(self.setup_args_["image_store"]))
+        channel_stats = self._channel_statistics(
+            self.adata, StoreImages(self.setup_args_["image_store"]), self.setup_args_
+        )
         channel_stats = None if channel_stats is None else torch.from_numpy(channel_stats).to(device)
         step = 0
-        with seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"):  # crops, patch drops
+        with (
+            self._restored_on_failure(),
+            seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"),  # crops, patch drops
+        ):
             description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
             progress = trange(max_epochs, desc=description, disable=not progress_bar)
             for epoch in progress:
@@ -336,6 +347,26 @@ class CWAMSN:
                 progress.set_postfix(loss=f"{self.history_['loss'][-1]:.3f}")
         self.module.eval()
         self.is_trained_ = True
+
+    @contextmanager
+    def _restored_on_failure(self) -> Iterator[None]:
+        """Run the block; when it fails or is interrupted (Ctrl-C), restore weights and history, then re-raise.
+
+        A training stopped part-way thus leaves the model as it was before :meth:`train`, not half-trained.
+        """
+        import torch
+
+        saved_state = cpu_state_dict(self.module)
+        saved_history, was_trained = copy.deepcopy(self.history_), self.is_trained_
+        device = next(self.module.parameters()).device
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                self.module.load_state_dict(saved_state)
+            self.module.to(device).eval()
+            self.history_, self.is_trained_ = saved_history, was_trained
+            raise
 
     # ------------------------------------------------------------------ inference
     def get_latent_representation(self, adata: AnnData | None = None, batch_size: int = 256) -> np.ndarray:
@@ -363,7 +394,7 @@ class CWAMSN:
         images = StoreImages(store)
         device = next(self.module.parameters()).device
         rows = adata.obs["image_index"].to_numpy()
-        channel_stats = self._channel_statistics(adata, images)
+        channel_stats = self._channel_statistics(adata, images, self._registered_setup(adata))
         self.module.eval()
         out = []
         with torch.no_grad():
@@ -386,7 +417,11 @@ class CWAMSN:
 
     # ------------------------------------------------------------------ persistence
     def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
-        """Save weights, init parameters, setup arguments and history to ``dir_path/model.pt``."""
+        """Save weights, init parameters, setup arguments and history to ``dir_path/model.pt``.
+
+        The file is written under a temporary name and renamed at the end, so an interrupted save leaves an
+        earlier ``model.pt`` whole.
+        """
         import torch
 
         dir_path = Path(dir_path)
@@ -394,22 +429,38 @@ class CWAMSN:
             raise FileExistsError(f"{dir_path / MODEL_FILE} exists; pass overwrite=True.")
         dir_path.mkdir(parents=True, exist_ok=True)
         state = {
-            "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
+            "state_dict": cpu_state_dict(self.module),
             "init_params": self.init_params_,
             "setup_args": self.setup_args_,
             "history": self.history_,
             "is_trained": self.is_trained_,
         }
-        torch.save(state, dir_path / MODEL_FILE)
+        with replacing(dir_path / MODEL_FILE) as partial:
+            torch.save(state, partial)
 
     @classmethod
     def load(cls, dir_path: str | Path, adata: AnnData, *, accelerator: str = "cpu") -> CWAMSN:
-        """Load a saved model for ``adata``; ``adata`` is set up with the saved keys when it is not set up yet."""
+        """Load a saved model for ``adata``.
+
+        When ``adata`` is not set up yet, it is set up with the saved keys and its own image store
+        (``adata.uns["image_store"]``); only when it records none are its images read from the training store.
+        """
         import torch
 
-        state = torch.load(Path(dir_path) / MODEL_FILE, map_location="cpu", weights_only=False)
+        model_file = Path(dir_path) / MODEL_FILE
+        if not model_file.is_file():
+            raise FileNotFoundError(f"No saved CWAMSN model at {model_file}: pass the folder written by model.save().")
+        state = torch.load(model_file, map_location="cpu", weights_only=False)
         if SETUP_UNS_KEY not in adata.uns:
             setup = dict(state["setup_args"])
+            if "image_store" in adata.uns:
+                setup.pop("image_store")
+            else:
+                warnings.warn(
+                    f"adata records no image store (adata.uns['image_store']); its images are read from the "
+                    f"training store {setup['image_store']}.",
+                    stacklevel=2,
+                )
             cls.setup_anndata(adata, **setup)
         model = cls(adata, **state["init_params"])
         model.module.load_state_dict(state["state_dict"])

@@ -10,7 +10,7 @@ from anndata import AnnData
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from cpembed._validation import get_matrix
+from cpembed._validation import check_float32_range, get_matrix
 
 from ._samplers import EpochBatchSampler
 
@@ -45,7 +45,8 @@ def read_rows(matrix, rows: np.ndarray, max_gap: int = MAX_READ_GAP) -> np.ndarr
     """Read ``rows`` (in the order given) as a dense float32 array, with one slice per contiguous run.
 
     Works for numpy arrays, h5py datasets and the sparse datasets of backed AnnData alike. NaN and infinite
-    values become 0, CellPainTR's input rule (Section 3.1 of the paper: a missing measurement reads as absent).
+    values become 0, CellPainTR's input rule (Section 3.1 of the paper: a missing measurement reads as absent);
+    finite values beyond float32's range raise a ValueError rather than becoming infinite.
     """
     rows = np.asarray(rows, dtype=np.int64)
     unique = np.unique(rows)
@@ -56,6 +57,7 @@ def read_rows(matrix, rows: np.ndarray, max_gap: int = MAX_READ_GAP) -> np.ndarr
         in_run = unique[(unique >= start) & (unique < stop)]
         parts.append(block[in_run - start])
     dense = np.concatenate(parts) if parts else np.empty((0, matrix.shape[1]))
+    check_float32_range(dense, "The profiles")
     dense = dense[np.searchsorted(unique, rows)].astype(np.float32, copy=False)
     return np.nan_to_num(dense, nan=0.0, posinf=0.0, neginf=0.0)
 

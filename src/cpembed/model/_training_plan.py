@@ -152,7 +152,7 @@ def _loss_terms(config: StageConfig, linear_path: bool) -> frozenset[str]:
 
 
 class CellPainTRTrainingPlan(LightningModule):
-    """One CellPainTR stage as a Lightning module, run by scvi-tools' :class:`~scvi.train.TrainRunner`.
+    """One CellPainTR stage as a Lightning module, fitted by scvi-tools' :class:`~scvi.train.Trainer`.
 
     Loss per minibatch: the channel-wise masked morphology (CWMM) loss, the group-averaged MSE on masked
     features (Eq. 9 of the paper), plus ``contrastive_weight`` times the label objective on the embedding (the
