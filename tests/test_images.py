@@ -243,3 +243,13 @@ def test_read_store_images_refuses_rows_outside_the_store(tmp_path):
     for rows in ([2], [-1]):
         with pytest.raises(IndexError, match=r"\[0, 2\), the rows of the store .*store\.h5"):
             cpe.io.read_store_images(store, rows)
+
+
+def test_anndata_of_a_rebuilt_store_is_refused(tmp_path):
+    path = tmp_path / "store.h5"
+    earlier = cpe.datasets.simulate_images(path, 2, 2, n_plates=1, n_sites=1, image_size=16, seed=0)
+    later = cpe.datasets.simulate_images(path, 2, 2, n_plates=1, n_sites=1, image_size=16, seed=1, overwrite=True)
+    assert earlier.uns["image_store"]["store_id"] != later.uns["image_store"]["store_id"]
+    with pytest.raises(ValueError, match="was rebuilt after this AnnData was made"):
+        cpe.model.CWAMSN.setup_anndata(earlier, "Metadata_Perturbation", "Metadata_Well")
+    cpe.model.CWAMSN.setup_anndata(later, "Metadata_Perturbation", "Metadata_Well")

@@ -302,6 +302,6 @@ def simulate_images(
         obs[column] = obs[column].astype("category")
     obs.index = [f"field_{i}" for i in range(len(obs))]
     adata = ad.AnnData(obs=obs)
-    adata.uns[STORE_UNS_KEY] = store_info(path, CHANNELS)
+    adata.uns[STORE_UNS_KEY] = store_info(path, CHANNELS, writer.store_id)
     adata.uns["simulation"] = {"effects": perturbations.reset_index(), "seed": seed}
     return adata

@@ -7,16 +7,18 @@ Layout of a store file:
 - ``masks/nuclei`` and ``masks/cells`` (optional): int32 label images ``(n_images, height, width)``, 0 = background,
   cell ``i`` holding nucleus ``i``; other groups of the same two datasets may hold other segmentations (see
   :func:`cpembed.tl.segment_cells`);
-- attributes ``channels`` (channel names, in order), ``clip_percentile`` and ``intensity_scale`` (``"plate"``: every
+- attributes ``channels`` (channel names, in order), ``clip_percentile``, ``intensity_scale`` (``"plate"``: every
   plate's images were scaled to 8 bits with the same per-channel limits, so brightness compares within a plate;
-  ``"field"``: each field was stretched on its own).
+  ``"field"``: each field was stretched on its own) and ``store_id`` (a random id drawn for every build).
 
 Row ``i`` of the store belongs to the AnnData row whose ``obs["image_index"]`` is ``i``; the AnnData records the
-store in ``uns["image_store"]`` (``path`` and ``channels``).
+store in ``uns["image_store"]`` (``path``, ``channels`` and ``store_id``), so that an AnnData of an earlier build of
+a rebuilt store is refused instead of reading other images.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,6 +154,8 @@ class ImageStoreWriter:
             self.file.attrs["channels"] = [str(channel) for channel in channels]
             self.file.attrs["clip_percentile"] = clip_percentile
             self.file.attrs["intensity_scale"] = intensity_scale
+            self.store_id = uuid.uuid4().hex
+            self.file.attrs["store_id"] = self.store_id
         except BaseException:
             self.discard()
             raise
@@ -194,18 +198,43 @@ def create_mask_datasets(file, group: str, n_images: int, shape: tuple[int, int]
     }
 
 
-def store_path(adata, image_store: str | Path | None) -> str | Path:
-    """``image_store`` when given, else the store recorded in ``adata.uns["image_store"]`` (a KeyError without one)."""
-    if image_store is not None:
-        return image_store
-    if STORE_UNS_KEY not in adata.uns:
-        raise KeyError("No image store: pass `image_store=` or set adata.uns['image_store'].")
-    return adata.uns[STORE_UNS_KEY]["path"]
+def store_path(adata, image_store: str | Path | None) -> str:
+    """``image_store`` when given, else the store recorded in ``adata.uns["image_store"]``, checked to exist.
+
+    Raises
+    ------
+    KeyError
+        When neither names a store.
+    FileNotFoundError
+        When the store does not exist.
+    ValueError
+        When the store at the recorded path was rebuilt after ``adata`` was made (another ``store_id``): its rows
+        would be other images than ``adata.obs["image_index"]`` means.
+    """
+    record = adata.uns.get(STORE_UNS_KEY, {})
+    if image_store is None and "path" not in record:
+        raise KeyError(
+            "No image store: pass `image_store=` or build one with cpembed.io.build_image_store "
+            "(or cpembed.datasets.simulate_images), which records it in adata.uns['image_store']."
+        )
+    path = Path(record["path"] if image_store is None else image_store)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image store {path} does not exist.")
+    if "store_id" in record and path.resolve() == Path(record["path"]).resolve():
+        with open_image_store(path) as file:
+            built = file.attrs.get("store_id")
+        if built != record["store_id"]:
+            raise ValueError(
+                f"The image store {path} was rebuilt after this AnnData was made (store id {built}, the AnnData "
+                f"records {record['store_id']}), so its rows are other images. Use the AnnData returned by the "
+                "build that wrote the store."
+            )
+    return str(path)
 
 
-def store_info(path: str | Path, channels: Sequence[str]) -> dict:
-    """The ``uns["image_store"]`` entry that ties an AnnData to its store."""
-    return {"path": str(Path(path).resolve()), "channels": [str(channel) for channel in channels]}
+def store_info(path: str | Path, channels: Sequence[str], store_id: str) -> dict:
+    """The ``uns["image_store"]`` entry that ties an AnnData to its store (``store_id``: the writer's)."""
+    return {"path": str(Path(path).resolve()), "channels": [str(channel) for channel in channels], "store_id": store_id}
 
 
 def open_image_store(path: str | Path, mode: str = "r"):

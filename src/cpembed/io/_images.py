@@ -294,5 +294,5 @@ def build_image_store(
     obs[IMAGE_INDEX_KEY] = np.arange(len(obs))
     obs.index = [f"{field}_{i}" for i, field in enumerate(obs["Metadata_Field"])]
     out = ad.AnnData(obs=obs)
-    out.uns[STORE_UNS_KEY] = store_info(path, channels)
+    out.uns[STORE_UNS_KEY] = store_info(path, channels, writer.store_id)
     return out

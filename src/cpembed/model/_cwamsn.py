@@ -19,6 +19,7 @@ import numpy as np
 
 from .._files import replacing
 from .._validation import check_groups_present, check_obs_complete, check_obs_keys, control_flags
+from ..io._image_store import open_image_store, store_path
 from ._random_state import seeded_torch_random
 from ._state import cpu_state_dict
 
@@ -32,24 +33,7 @@ MODEL_FILE = "model.pt"
 NORMALIZATIONS = ("image", "plate_controls")
 
 
-def _store_path(adata: AnnData, image_store: str | Path | None) -> str:
-    if image_store is not None:
-        path = Path(image_store)
-    elif "image_store" in adata.uns:
-        path = Path(adata.uns["image_store"]["path"])
-    else:
-        raise KeyError(
-            "No image store: pass `image_store=` or build one with cpembed.io.build_image_store "
-            "(or cpembed.datasets.simulate_images), which records it in adata.uns['image_store']."
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"Image store {path} does not exist.")
-    return str(path)
-
-
 def _store_shape(path: str) -> tuple[int, ...]:
-    from ..io._image_store import open_image_store
-
     with open_image_store(path) as file:
         return file["images"].shape
 
@@ -173,7 +157,7 @@ class CWAMSN:
             HDF5 image store (default: ``adata.uns["image_store"]["path"]``).
         """
         check_obs_keys(adata, perturbation_key, well_key, plate_key, batch_key, "image_index")
-        path = _store_path(adata, image_store)
+        path = store_path(adata, image_store)
         n_images = _store_shape(path)[0]
         index = adata.obs["image_index"].to_numpy()
         if index.min() < 0 or index.max() >= n_images:
