@@ -417,6 +417,7 @@ def test_filter_parameters_are_listed():
 
 
 def test_network_files_import_only_torch_numpy_and_stdlib():
+    """The network files need torch and numpy alone (and cpembed._compat, which imports the standard library only)."""
     allowed = {
         "torch",
         "numpy",
@@ -434,10 +435,18 @@ def test_network_files_import_only_torch_numpy_and_stdlib():
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                roots = {node.module.split(".")[0]}
+                roots = set() if node.module == "cpembed._compat" else {node.module.split(".")[0]}
             else:
                 continue
             assert roots <= allowed, f"{name} imports {roots - allowed}"
+    compat = ast.parse((REPO / "src" / "cpembed" / "_compat.py").read_text())
+    roots = set()
+    for node in compat.body:
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add(node.module.split(".")[0])
+    assert roots <= {"__future__", "importlib", "typing"}
 
 
 def test_activation_memory_budget_applies_to_the_compiled_blocks_only():
@@ -459,6 +468,7 @@ def test_activation_memory_budget_applies_to_the_compiled_blocks_only():
         module.compile_blocks(activation_memory_budget=1.5)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_only):
     """The benchmark must run where only torch and numpy are installed (cpembed's heavy dependencies blocked)."""
     out = tmp_path / "speed.json"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._compat import check_extra
 from .._validation import reading_file
 from ._image_store import (
     DEFAULT_CLIP_PERCENTILE,
@@ -257,6 +258,7 @@ def build_image_store(
     import anndata as ad
     from tqdm.auto import tqdm
 
+    check_extra("images", "cpembed.io.build_image_store")
     channels = list(channels) if channels is not None else image_channels(adata.obs)
     if not channels:
         raise ValueError("No FileName_Orig<Channel> column in adata.obs; create the AnnData with read_images.")

@@ -248,9 +248,9 @@ class CellPainTRModule(nn.Module):
         """The settings the compiled blocks are compiled with: compilation happens on their first call, in here."""
         if self.activation_memory_budget is None:
             return contextlib.nullcontext()
-        from torch._functorch import config as functorch_config
+        from cpembed._compat import activation_memory_budget
 
-        return functorch_config.patch(activation_memory_budget=self.activation_memory_budget)
+        return activation_memory_budget(self.activation_memory_budget)
 
     def forward(
         self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None = None

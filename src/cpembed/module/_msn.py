@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpembed._compat import foreach_lerp_
+
 from ._vit import VisionTransformer
 
 
@@ -132,9 +134,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float | torch.Ten
     target_params = [p for p in target.parameters()]
     online_params = [p.detach() for p in online.parameters()]
     weight = 1.0 - momentum
-    torch._foreach_lerp_(
-        target_params, online_params, [weight] * len(target_params) if torch.is_tensor(weight) else weight
-    )
+    foreach_lerp_(target_params, online_params, [weight] * len(target_params) if torch.is_tensor(weight) else weight)
     for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
         target_buffer.copy_(online_buffer)
 

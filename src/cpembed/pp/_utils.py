@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cpembed._compat import replace_contents, subset_obs_inplace, subset_var_inplace
 from cpembed._validation import (
     check_obs_complete,
     check_obs_keys,
@@ -32,7 +33,7 @@ def target(adata: AnnData, *, copy: bool) -> AnnData:
     if copy:
         return adata.to_memory() if adata.isbacked else adata.copy()
     if adata.is_view:
-        adata._init_as_actual(adata.copy())
+        replace_contents(adata, adata.copy())
     return adata
 
 
@@ -76,7 +77,7 @@ def subset_features(adata: AnnData, keep: np.ndarray) -> None:
     adata.X = None
     for key in layers:
         del adata.layers[key]
-    adata._inplace_subset_var(index)
+    subset_var_inplace(adata, index)
     adata.X = None if matrix is None else _take_columns(matrix, index)
     for key, layer in layers.items():
         adata.layers[key] = _take_columns(layer, index)
@@ -85,7 +86,7 @@ def subset_features(adata: AnnData, keep: np.ndarray) -> None:
 def subset_wells(adata: AnnData, keep: np.ndarray) -> None:
     """Keep the wells flagged in the boolean mask ``keep``, in place."""
     if not keep.all():
-        adata._inplace_subset_obs(np.flatnonzero(keep))
+        subset_obs_inplace(adata, np.flatnonzero(keep))
 
 
 def record(adata: AnnData, step: str, params: dict[str, Any], **results: Any) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .._compat import check_extra
 from ..io._image_store import IMAGE_INDEX_KEY, MASK_NAMES, create_mask_datasets, open_image_store, store_path
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ def segment_cells(
 
     from .._validation import check_obs_keys
 
+    check_extra("images", "cpembed.tl.segment_cells")
     _check_settings(nucleus_diameter, threshold)
     check_obs_keys(adata, IMAGE_INDEX_KEY)
     image_store = store_path(adata, image_store)
