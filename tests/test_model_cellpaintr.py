@@ -61,6 +61,7 @@ def saved(trained, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_one_seed_gives_one_model_whatever_the_global_random_state(profiles, trained):
     """Initial weights and training (masks, sampling, dropout) depend on the seeds only, not on torch's global
     generator, which is left as the caller had it."""
@@ -184,6 +185,7 @@ def test_added_source_survives_save_load(saved, profiles, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_warmup_trains_only_source_tokens(profiles):
     torch.manual_seed(0)
     model = CellPainTR(_setup(profiles[:200]), **TINY)
@@ -209,6 +211,7 @@ def test_non_finite_batches_are_skipped(profiles):
     assert all(torch.isfinite(value).all() for value in model.module.state_dict().values())
 
 
+@pytest.mark.slow
 def test_backed_file_trains_and_matches_memory(profiles, tmp_path):
     path = tmp_path / "profiles.h5ad"
     profiles.copy().write_h5ad(path)  # writing turns string columns into categoricals: keep the fixture as it is
@@ -251,6 +254,7 @@ def test_contrastive_stages_need_labels(profiles):
         StageConfig(max_epochs=1, batch_size=8, lr=1e-3, mask_ratio=(0.5, 0.2))
 
 
+@pytest.mark.slow
 def test_presets_train_what_they_name(profiles):
     """The anchored preset moves the embedding away from its PCA start only through the correction, and needs the
     linear path; the paper preset trains no structure term; unknown presets and settings are refused."""
@@ -389,6 +393,7 @@ def _assert_same_weights(model: CellPainTR, weights: dict[str, torch.Tensor]) ->
 STAGES_1_2 = {"stage1": STAGES["stage1"], "stage2": STAGES["stage2"], "stages": (1, 2)}
 
 
+@pytest.mark.slow
 def test_ctrl_c_restores_the_model_and_retraining_matches_a_fresh_model(profiles):
     """Ctrl-C in stage 2 (after stage 1 finished) raises KeyboardInterrupt, not SystemExit, and leaves the model as
     it was before train(): training it again gives the model a fresh one gives."""

@@ -1,7 +1,10 @@
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,7 @@ from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
 import cpembed as cpe
-from cpembed.module import CrossWellSampler
+from cpembed.model._cwamsn_data import CrossWellSampler, PairBatches, prefetch_to_device
 from cpembed.pp._aggregate import center_scale_to_controls, typical_variation_normalize
 from cpembed.tl._handcrafted import TEXTURE_LEVELS, feature_names, field_features
 
@@ -28,6 +31,7 @@ TINY = {
     "n_focal_views": 2,
 }
 KEYS = {"perturbation_key": "Metadata_Perturbation", "well_key": "Metadata_Well"}
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
 
 @pytest.fixture(autouse=True)
@@ -76,31 +80,147 @@ def test_sampler_needs_two_wells():
         CrossWellSampler(["a", "a"], ["w1", "w1"], [0, 1])
 
 
+def test_pair_batches_shard_an_epoch_among_processes(fields):
+    """Under DDP every process draws its own batches of the epoch, as many as the others, and one process draws
+    exactly the batches a single process would."""
+    obs = fields.obs
+    sampler = CrossWellSampler(obs["Metadata_Perturbation"], obs["Metadata_Well"], obs["image_index"])
+    images = cpe.module.StoreImages(fields.uns["image_store"]["path"])
+    alone = PairBatches(images, sampler, 4, 5, seed=0)
+    shards = [PairBatches(images, sampler, 4, 5, seed=0, num_replicas=2, rank=rank) for rank in (0, 1)]
+    assert len(alone) == 5
+    assert [len(shard) for shard in shards] == [3, 3]
+    drawn = [alone[index][2] for index in range(len(alone))]
+    np.testing.assert_array_equal(shards[0][1][2], drawn[2])
+    np.testing.assert_array_equal(shards[1][1][2], drawn[3])
+    with pytest.raises(ValueError, match="rank"):
+        PairBatches(images, sampler, 4, 5, seed=0, num_replicas=2, rank=2)
+
+
+def test_prefetch_to_device_yields_every_batch_in_order_on_the_device():
+    batches = [(torch.full((2, 3), i), torch.arange(i)) for i in range(4)]
+    moved = list(prefetch_to_device(iter(batches), torch.device("cpu")))
+    assert len(moved) == len(batches)
+    for (first, second), (expected_first, expected_second) in zip(moved, batches, strict=True):
+        assert torch.equal(first, expected_first)
+        assert torch.equal(second, expected_second)
+        assert first.device.type == "cpu"
+    assert list(prefetch_to_device(iter([]), torch.device("cpu"))) == []
+
+
 def test_train_save_load_exact_latents(fields, tmp_path):
     adata = setup(fields.copy())
     model = cpe.model.CWAMSN(adata, **TINY)
-    model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, progress_bar=False)
-    assert len(model.history_["loss"]) == 2
-    assert np.isfinite(model.history_["loss"]).all()
+    model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, **QUIET)
+    losses = model.history_["train"]
+    assert list(losses.index) == [0, 1]
+    assert np.isfinite(losses["loss"]).all()
     latent = model.get_latent_representation()
     assert latent.shape == (adata.n_obs, TINY["embed_dim"])
     assert np.isfinite(latent).all()
     model.save(tmp_path / "model")
     with pytest.raises(FileExistsError):
         model.save(tmp_path / "model")
+    content = torch.load(tmp_path / "model" / "model.pt", weights_only=True)  # no pickled objects in the file
+    assert set(content) == {"model_state_dict", "var_names", "attr_dict"}
     fresh = fields.copy()  # not set up: load replays the saved setup
-    loaded = cpe.model.CWAMSN.load(tmp_path / "model", fresh)
+    loaded = cpe.model.CWAMSN.load(tmp_path / "model", fresh, accelerator="cpu")
     np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
-    assert loaded.history_ == model.history_
+    pd.testing.assert_frame_equal(loaded.history_["train"], losses)
+    model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, **QUIET)
+    assert list(model.history_["train"].index) == [0, 1, 2]  # a second run continues the epochs
 
 
-def test_training_changes_weights_and_single_well_mode_runs(fields):
-    adata = setup(fields.copy())
-    model = cpe.model.CWAMSN(adata, **TINY, cross_well=False)
+def test_latent_indices_select_rows(fields):
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    latent = model.get_latent_representation()
+    np.testing.assert_allclose(model.get_latent_representation(indices=[5, 0], batch_size=1), latent[[5, 0]], atol=1e-5)
+    with pytest.raises(IndexError, match="indices"):
+        model.get_latent_representation(indices=[fields.n_obs])
+
+
+def test_training_does_not_depend_on_the_number_of_loader_workers(fields):
+    """Each epoch's batches are drawn from the seed, the epoch and the batch number, in whichever worker reads them."""
+    latents, histories = [], []
+    for workers in (0, 2):
+        model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+        model.train(max_epochs=2, batch_size=4, steps_per_epoch=3, num_workers=workers, **QUIET)
+        latents.append(model.get_latent_representation())
+        histories.append(model.history_["train"])
+    np.testing.assert_array_equal(*latents)
+    pd.testing.assert_frame_equal(*histories)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_training_captures_the_step_once_and_replays_it(fields, monkeypatch):
+    """On one GPU the Lightning plan runs the step as a CUDA graph: three eager steps, one capture, then replays
+    (whose equality with eager steps ``test_cuda_graph_replays_equal_eager_steps`` checks)."""
+    from cpembed.module import MSNTrainingStep
+
+    captures = []
+    capture = MSNTrainingStep._capture
+
+    def counted_capture(self, inputs):
+        captures.append(self.n_steps)
+        capture(self, inputs)
+
+    monkeypatch.setattr(MSNTrainingStep, "_capture", counted_capture)
+    model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
+    model.train(max_epochs=2, batch_size=8, steps_per_epoch=4, accelerator="gpu", enable_progress_bar=False)
+    assert captures == [4]  # the fourth step, after three eager warm-up steps; the other four are replays
+    assert model.device.type == "cuda"
+    assert np.isfinite(model.history_["train"]["loss"]).all()
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+DDP_SCRIPT = """
+import os, sys
+import numpy as np, torch
+import cpembed as cpe
+
+torch.set_num_threads(1)
+folder, rank = sys.argv[1], int(os.environ.get("LOCAL_RANK", "0"))
+adata = cpe.datasets.simulate_images(
+    os.path.join(folder, f"store{rank}.h5"), 2, 2, n_plates=2, n_sites=2, image_size=32, seed=0
+)
+cpe.model.CWAMSN.setup_anndata(adata, perturbation_key="Metadata_Perturbation", well_key="Metadata_Well")
+model = cpe.model.CWAMSN(adata, **{tiny})
+model.train(
+    max_epochs=2, batch_size=4, steps_per_epoch=4, accelerator="cpu", devices=2, strategy="ddp",
+    enable_progress_bar=False,
+)
+np.save(os.path.join(folder, f"weights{rank}.npy"), model.module.encoder.patch_embed.weight.detach().numpy())
+np.save(os.path.join(folder, f"losses{rank}.npy"), model.history_["train"]["loss"].to_numpy())
+"""
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_keeps_them_in_step(tmp_path):
+    """Lightning's DDP (two processes, gloo): each draws its own pairs, gradients are averaged, so both end with the
+    same weights and the same epoch losses (reduced over the processes)."""
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT.replace("{tiny}", repr(TINY)))
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "weights0.npy"), np.load(tmp_path / "weights1.npy"))
+    losses = [np.load(tmp_path / f"losses{rank}.npy") for rank in (0, 1)]
+    assert len(losses[0]) == 2
+    np.testing.assert_array_equal(*losses)
+
+
+def test_training_changes_weights_and_single_well_mode_runs(fields, capsys, tmp_path):
+    adata = with_store(fields, tmp_path / "store.h5", lambda images: images)
+    model = cpe.model.CWAMSN(setup(adata), **TINY, cross_well=False)
     before = model.module.encoder.patch_embed.weight.detach().clone()
-    model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, progress_bar=False)
+    model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, **QUIET)
     assert not torch.equal(before, model.module.encoder.patch_embed.weight)
-    assert "single-well" in repr(model)
+    with h5py.File(tmp_path / "store.h5", "r+"):  # training closed the store: a segmentation can write its masks
+        pass
+    repr(model)  # scvi-tools prints the summary
+    assert "MSN (single-well)" in capsys.readouterr().out
 
 
 def test_setup_errors(fields):
@@ -116,14 +236,11 @@ def test_setup_errors(fields):
 
 def with_store(adata, path, transform):
     """A copy of ``adata`` on a copy of its store at ``path`` whose images are ``transform(images)``."""
-    import h5py
-
     shutil.copy(adata.uns["image_store"]["path"], path)
     with h5py.File(path, "r+") as file:
         file["images"][...] = transform(file["images"][...])
     out = adata.copy()
     out.uns["image_store"] = {**adata.uns["image_store"], "path": str(path)}
-    out.uns.pop("_cwamsn_setup", None)
     return out
 
 
@@ -158,10 +275,9 @@ def test_plate_control_standardisation_removes_plate_gains_and_keeps_image_inten
     latents = {}
     for normalization in ("plate_controls", "image"):
         model = cpe.model.CWAMSN(setup_with_controls(halved.copy()), **TINY, normalization=normalization)
-        model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, progress_bar=False)
+        model.train(max_epochs=1, batch_size=8, steps_per_epoch=2, **QUIET)
         latents[normalization] = [
-            model.get_latent_representation(setup_with_controls(adata.copy()))
-            for adata in (halved, doubled_plate, doubled_image)
+            model.get_latent_representation(adata) for adata in (halved, doubled_plate, doubled_image)
         ]
     base, plate_doubled, image_doubled = latents["plate_controls"]
     np.testing.assert_allclose(plate_doubled, base, atol=1e-4)
@@ -188,9 +304,11 @@ def test_plate_control_standardisation_errors(fields):
     adata.obs["Metadata_is_negcon"] = adata.obs["Metadata_is_negcon"] & (adata.obs["Metadata_Plate"] == "plate_0")
     model = cpe.model.CWAMSN(setup_with_controls(adata), **TINY, normalization="plate_controls")
     with pytest.raises(ValueError, match=r"1 plates have no negative-control images.*plate_1"):
-        model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, progress_bar=False)
-    with pytest.raises(ValueError, match="control_key"):  # data to embed must name its controls too
-        model.get_latent_representation(setup(fields.copy()))
+        model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, **QUIET)
+    without_controls = fields.copy()
+    del without_controls.obs["Metadata_is_negcon"]
+    with pytest.raises(KeyError, match="Metadata_is_negcon"):  # data to embed must mark its controls too
+        model.get_latent_representation(without_controls)
     adata.obs["Metadata_is_negcon"] = adata.obs["Metadata_is_negcon"].astype(int)
     with pytest.raises(TypeError, match="must be boolean"):
         setup_with_controls(adata)
@@ -198,20 +316,17 @@ def test_plate_control_standardisation_errors(fields):
 
 def test_tl_cwamsn_writes_obsm_and_copy_leaves_input(fields):
     adata = fields.copy()
-    out = cpe.tl.cwamsn(
-        adata,
-        **KEYS,
-        max_epochs=1,
-        batch_size=8,
-        model_kwargs=TINY,
-        train_kwargs={"steps_per_epoch": 1, "progress_bar": False},
-        copy=True,
-    )
+    train = {"max_epochs": 1, "batch_size": 8, "steps_per_epoch": 1, **QUIET}
+    out = cpe.tl.cwamsn(adata, **KEYS, model_kwargs=TINY, copy=True, **train)
     assert "X_cwamsn" not in adata.obsm
     assert out.obsm["X_cwamsn"].shape == (adata.n_obs, 16)
-    assert out.uns["X_cwamsn"]["params"]["cross_well"] is True
-    cpe.tl.cwamsn(adata, **KEYS, max_epochs=1, batch_size=8, model_kwargs=TINY, train_kwargs={"steps_per_epoch": 1})
-    assert adata.obsm["X_cwamsn"].shape == (adata.n_obs, 16)
+    params = out.uns["X_cwamsn"]["params"]
+    assert params["cross_well"] is True
+    assert params["steps_per_epoch"] == 1
+    assert params["perturbation_key"] == KEYS["perturbation_key"]
+    assert np.isfinite(params["final_loss"])
+    assert cpe.tl.cwamsn(adata, **KEYS, model_kwargs=TINY, **train) is None
+    np.testing.assert_array_equal(adata.obsm["X_cwamsn"], out.obsm["X_cwamsn"])  # seeded: the same model
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -449,8 +564,9 @@ def test_real_fields_load_tile_embed(tmp_path):
         "Metadata_Well",
         max_epochs=1,
         batch_size=4,
+        steps_per_epoch=1,
         model_kwargs=TINY,
-        train_kwargs={"steps_per_epoch": 1, "progress_bar": False},
+        **QUIET,
     )
     assert tiles.obsm["X_cwamsn"].shape == (tiles.n_obs, 16)
     assert np.isfinite(tiles.obsm["X_cwamsn"]).all()
@@ -467,14 +583,12 @@ def test_bundled_real_field_tiles_embed_with_a_model_trained_on_simulated_images
     )
     assert tiles.n_obs == 4
     model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
-    model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, progress_bar=False)
-    cpe.model.CWAMSN.setup_anndata(tiles, perturbation_key="Metadata_Well", well_key="Metadata_Well")
+    model.train(max_epochs=1, batch_size=8, steps_per_epoch=1, **QUIET)
     latent = model.get_latent_representation(tiles)
     assert latent.shape == (4, 16)
     assert np.isfinite(latent).all()
     assert np.unique(latent.round(5), axis=0).shape[0] == 4  # four different tiles, four different embeddings
     three_channels = cpe.io.build_image_store(real, tmp_path / "three.h5", channels=["DNA", "ER", "RNA"])
-    cpe.model.CWAMSN.setup_anndata(three_channels, perturbation_key="Metadata_Well", well_key="Metadata_Well")
     with pytest.raises(ValueError, match="3 channels"):
         model.get_latent_representation(three_channels)
 
@@ -484,7 +598,7 @@ def test_training_is_seeded_and_leaves_global_rng_alone(fields):
     for _ in range(2):
         state = torch.random.get_rng_state()
         model = cpe.model.CWAMSN(setup(fields.copy()), **TINY, seed=7)
-        model.train(max_epochs=1, batch_size=4, steps_per_epoch=1, progress_bar=False)
+        model.train(max_epochs=1, batch_size=4, steps_per_epoch=1, **QUIET)
         assert torch.equal(torch.random.get_rng_state(), state)
         latents.append(model.get_latent_representation())
     np.testing.assert_array_equal(latents[0], latents[1])
@@ -496,16 +610,16 @@ def test_load_reads_the_images_of_the_given_adata(fields, tmp_path):
     model.save(tmp_path / "model")
     brighter = with_store(fields, tmp_path / "brighter.h5", lambda images: np.sqrt(images.astype(np.float32)))
     loaded = cpe.model.CWAMSN.load(tmp_path / "model", brighter)
-    assert loaded.setup_args_["image_store"] == str(tmp_path / "brighter.h5")
-    np.testing.assert_array_equal(
-        loaded.get_latent_representation(), model.get_latent_representation(setup(brighter.copy()))
-    )
+    assert loaded.registry_["setup_args"]["image_store"] == str(tmp_path / "brighter.h5")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation(brighter))
     unrecorded = fields.copy()
     del unrecorded.uns["image_store"]
     with pytest.warns(UserWarning, match="training store"):
         cpe.model.CWAMSN.load(tmp_path / "model", unrecorded)
     with pytest.raises(FileNotFoundError, match="No saved CWAMSN model"):
         cpe.model.CWAMSN.load(tmp_path / "missing", fields.copy())
+    with pytest.raises(ValueError, match="save_anndata=True"):
+        cpe.model.CWAMSN.load(tmp_path / "model")
 
 
 def test_interrupted_training_leaves_the_model_as_it_was(fields, monkeypatch):
@@ -524,18 +638,18 @@ def test_interrupted_training_leaves_the_model_as_it_was(fields, monkeypatch):
 
     monkeypatch.setattr(MSNTrainingStep, "__call__", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
-        model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, progress_bar=False)
+        model.train(max_epochs=2, batch_size=8, steps_per_epoch=2, **QUIET)
     after = model.module.state_dict()
     for name, value in before.items():
         torch.testing.assert_close(after[name], value, rtol=0, atol=0)
-    assert model.history_ == {"loss": []}
+    assert model.history_ == {}
     assert not model.is_trained_
 
 
 def test_interrupted_save_keeps_the_earlier_file(fields, tmp_path, monkeypatch):
     model = cpe.model.CWAMSN(setup(fields.copy()), **TINY)
-    model.save(tmp_path)
-    written = (tmp_path / "model.pt").read_bytes()
+    model.save(tmp_path / "model")
+    written = (tmp_path / "model" / "model.pt").read_bytes()
 
     def interrupted_save(state, path):
         Path(path).write_bytes(b"half")
@@ -543,9 +657,9 @@ def test_interrupted_save_keeps_the_earlier_file(fields, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        model.save(tmp_path, overwrite=True)
-    assert (tmp_path / "model.pt").read_bytes() == written
-    assert [path.name for path in tmp_path.iterdir()] == ["model.pt"]
+        model.save(tmp_path / "model", overwrite=True)
+    assert (tmp_path / "model" / "model.pt").read_bytes() == written
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
 
 
 def test_setup_names_an_image_store_that_is_not_one(fields, tmp_path):

@@ -16,7 +16,6 @@ from cpembed.module import (
     make_views,
     msn_loss,
     parameter_groups,
-    prefetch_to_device,
     random_resized_crop,
     sharpen,
     sinkhorn,
@@ -44,17 +43,6 @@ def test_embed_patches_equals_the_patchifying_convolution(size):
     projection = projection.double()
     expected = projection(images).flatten(2).transpose(1, 2)
     torch.testing.assert_close(embed_patches(images, projection), expected, rtol=1e-12, atol=1e-12)
-
-
-def test_prefetch_to_device_yields_every_batch_in_order_on_the_device():
-    batches = [(torch.full((2, 3), i), torch.arange(i)) for i in range(4)]
-    moved = list(prefetch_to_device(iter(batches), torch.device("cpu")))
-    assert len(moved) == len(batches)
-    for (first, second), (expected_first, expected_second) in zip(moved, batches, strict=True):
-        assert torch.equal(first, expected_first)
-        assert torch.equal(second, expected_second)
-        assert first.device.type == "cpu"
-    assert list(prefetch_to_device(iter([]), torch.device("cpu"))) == []
 
 
 def test_vit_s16_has_about_22m_parameters():
@@ -255,6 +243,7 @@ def test_schedules_follow_msn():
     assert schedule.momentum_at(50) == pytest.approx(0.998)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_with_torch_alone(tmp_path, run_benchmark_torch_only):
     """The CWA-MSN speed script runs where only torch, numpy and h5py are installed, and reports every row."""
     out = tmp_path / "speed.json"
@@ -300,11 +289,18 @@ def reference_step(msn, optimizer, images, views, *, learning_rate, weight_decay
 # noise into a full-size step of either sign.
 
 
+@pytest.mark.slow
 def test_training_step_equals_adamw_with_per_group_weight_decay():
     """Device-tensor hyper-parameters and the separate decoupled decay give exactly torch's AdamW step."""
     views = ViewConfig(image_size=32, focal_size=16, n_focal_views=2)
     msn = tiny_msn()
-    step = MSNTrainingStep(msn, views)
+    backward_losses = []
+
+    def backward(loss):
+        backward_losses.append(loss.detach())
+        loss.backward()
+
+    step = MSNTrainingStep(msn, views, backward=backward)
     generator = torch.Generator().manual_seed(1)
     for i, (learning_rate, weight_decay, momentum) in enumerate([(1e-3, 0.04, 0.996), (5e-4, 0.3, 0.999)] * 2):
         reference = copy.deepcopy(msn)
@@ -320,6 +316,7 @@ def test_training_step_equals_adamw_with_per_group_weight_decay():
         for (name, ours), theirs in zip(msn.state_dict().items(), reference.state_dict().values(), strict=True):
             torch.testing.assert_close(ours, theirs, msg=name)
     assert int(step.optimizer.state[msn.prototypes]["step"]) == 4
+    assert len(backward_losses) == 4  # every backward pass went through the given function (DDP's, in a plan)
     assert not torch.equal(msn.encoder.patch_embed.weight, tiny_msn().encoder.patch_embed.weight)
 
 

@@ -14,14 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.model._utils import parse_device_args
-from scvi.model.base import BaseModelClass
-from scvi.model.base._save_load import _load_saved_files
-from scvi.train import Trainer
 
 from cpembed._validation import check_indices, check_layer, check_obs_complete, check_obs_keys
 from cpembed.module import CellPainTRModule
@@ -30,8 +25,10 @@ from cpembed.pp import feature_groups
 from .._files import staged_folder
 from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks, read_rows
 from ._random_state import seeded_torch_random
+from ._registration import RegisteredModel, register_fields
 from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
 from ._state import cpu_state_dict
+from ._trainer import fit, raise_stopped, training_device
 from ._training_plan import PRESET_STAGES, CellPainTRTrainingPlan, StageConfig
 
 StageSettings = StageConfig | Mapping[str, object] | None
@@ -65,7 +62,7 @@ class _CellPainTRNetwork(CellPainTRModule):
         """Nothing to prepare before the saved state dict is loaded."""
 
 
-class CellPainTR(BaseModelClass):
+class CellPainTR(RegisteredModel):
     """CellPainTR (Cell Painting TRansformer, Pham et al., 2025) for batch-corrected embeddings of profiles.
 
     Each well is a sequence of feature tokens plus a CLS token and a learned token for its source (lab); a
@@ -219,7 +216,7 @@ class CellPainTR(BaseModelClass):
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        register_fields(adata_manager, adata, **kwargs)
         cls.register_manager(adata_manager)
 
     def _setup_arg(self, name: str):
@@ -240,12 +237,6 @@ class CellPainTR(BaseModelClass):
     def n_sources(self) -> int:
         """Number of source tokens, without the unknown-source token (whose index this is)."""
         return len(self.source_names)
-
-    def view_anndata_setup(self, adata: AnnData | None = None, hide_state_registries: bool = False) -> None:
-        """Print the registration of ``adata`` (default: the training data)."""
-        import rich.pretty  # noqa: F401  scvi-tools 1.4.2 uses rich.pretty without importing it (fails with rich 15)
-
-        super().view_anndata_setup(adata=adata, hide_state_registries=hide_state_registries)
 
     def _registered_matrix(self, adata: AnnData):
         """The features of ``adata`` where the model's registry says they are (``X`` or the setup layer).
@@ -383,8 +374,8 @@ class CellPainTR(BaseModelClass):
 
         Weights, source tokens, stage snapshots, history and the trained flag all return to their state before the
         block, so a model whose training stopped part-way is the model it was, and training it again gives what a
-        fresh model gives. Lightning turns Ctrl-C into ``SystemExit(1)`` and SIGTERM into an exit with status 0;
-        they are raised again as a KeyboardInterrupt and as an exit with a message (status 1).
+        fresh model gives. Ctrl-C and SIGTERM are raised again as the user's action reads (see
+        :func:`~cpembed.model._trainer.raise_stopped`).
         """
         saved_state, n_sources, device = cpu_state_dict(self.module), self.module.n_sources, self.device
         saved_attributes = {name: copy.deepcopy(getattr(self, name)) for name in TRAINING_STATE}
@@ -394,12 +385,7 @@ class CellPainTR(BaseModelClass):
             self.module = self._network(n_sources, saved_state, self._module_cls).to(device).eval()
             for name, value in saved_attributes.items():
                 setattr(self, name, value)
-            restored = "the model was restored to its state before the call"
-            if isinstance(error, SIGTERMException):
-                raise SystemExit(f"CellPainTR training was stopped by SIGTERM; {restored}.") from None
-            if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
-                raise KeyboardInterrupt(f"CellPainTR training was interrupted; {restored}.") from None
-            raise
+            raise_stopped(error, "CellPainTR")
 
     def _training_dataset(self) -> WellDataset:
         adata = self.adata
@@ -442,19 +428,20 @@ class CellPainTR(BaseModelClass):
             group_wise_loss=group_wise_loss,
             seed=seed,
         )
-        _, lightning_devices, device = parse_device_args(accelerator, devices, return_device="torch")
+        accelerator, devices, device = training_device(accelerator, devices)
         trainer_kwargs.setdefault("gradient_clip_val", GRADIENT_CLIP)
         trainer_kwargs.setdefault("precision", _default_precision(device, precision))
-        trainer = Trainer(
-            max_epochs=config.max_epochs,
-            accelerator=accelerator,
-            devices=lightning_devices,
-            use_distributed_sampler=False,  # the samplers shard the epoch themselves
-            **trainer_kwargs,
-        )
         self.module.train()
         with seeded_torch_random(seed, cuda=accelerator != "cpu"):  # dropout draws from the global generators
-            trainer.fit(plan, datamodule)
+            fit(
+                plan,
+                datamodule,
+                max_epochs=config.max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                use_distributed_sampler=False,  # the samplers shard the epoch themselves
+                **trainer_kwargs,
+            )
         self.module.eval()
         self.is_trained_ = True
         self.to_device(device)
@@ -673,7 +660,7 @@ class CellPainTR(BaseModelClass):
                 f"No saved CellPainTR model at {model_file}: pass the folder written by model.save(dir_path)"
                 f"{' and its prefix' if prefix else ''}."
             )
-        attributes, var_names, _, _ = _load_saved_files(str(folder), load_adata=False, prefix=prefix)
+        registry = cls.load_registry(str(folder), prefix=prefix)
         if adata is None:
             if not (folder / f"{file_prefix}{ADATA_FILE}").is_file():
                 raise ValueError(
@@ -681,8 +668,9 @@ class CellPainTR(BaseModelClass):
                     f"attach, CellPainTR.load({str(folder)!r}, adata=...)."
                 )
         else:
+            var_names = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"][LayerField.COLUMN_NAMES_KEY]
             _check_same_features(adata.var_names, pd.Index(var_names))
-            _check_registered_categories(adata, attributes["registry_"])
+            _check_registered_categories(adata, registry)
         return super().load(str(folder), adata=adata, prefix=prefix, **kwargs)
 
 

@@ -1,36 +1,50 @@
-"""CWA-MSN: Cross-Well Aligned Masked Siamese Network for Cell Painting images.
-
-The model follows scvi-tools conventions (``setup_anndata``, ``train``, ``get_latent_representation``,
-``save``/``load``, ``history_``) but does not subclass scvi-tools' ``BaseModelClass``: its data machinery
-(``AnnDataManager`` fields and ``AnnDataLoader``) serves rows of ``adata.X``, while CWA-MSN streams pairs of images
-from two different wells out of an HDF5 image store. Training is a plain PyTorch loop with a tqdm progress bar.
-"""
+"""CWA-MSN: Cross-Well Aligned Masked Siamese Network for Cell Painting images (scvi-tools style)."""
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Literal
 
 import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData, read_h5ad
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, NumericalObsField
 
-from .._files import replacing
-from .._validation import check_groups_present, check_obs_complete, check_obs_keys, control_flags
-from ..io._image_store import open_image_store, store_path
+from .._validation import check_groups_present, check_indices, check_obs_complete, check_obs_keys, control_flags
+from ..io._image_store import STORE_UNS_KEY, open_image_store, store_path
+from ..module import (
+    MaskedSiameseNetwork,
+    StoreImages,
+    ViewConfig,
+    VisionTransformer,
+    group_channel_statistics,
+    resize_for_inference,
+)
+from ._cwamsn_data import CrossWellSampler
+from ._cwamsn_training import CWAMSNTrainingPlan, Optimisation, PairDataModule
 from ._random_state import seeded_torch_random
+from ._registration import RegisteredModel, register_fields
+from ._save_load import ADATA_FILE, load_model_file, save_model
 from ._state import cpu_state_dict
+from ._trainer import fit, raise_stopped, training_device
 
-if TYPE_CHECKING:
-    from anndata import AnnData
-
-    from ..module import StoreImages
-
-SETUP_UNS_KEY = "_cwamsn_setup"
-MODEL_FILE = "model.pt"
 NORMALIZATIONS = ("image", "plate_controls")
+
+#: Registry keys of the fields CWA-MSN registers besides scvi-tools' batch and labels (the perturbation).
+WELL_KEY, PLATE_KEY, CONTROL_KEY, IMAGE_INDEX_KEY = "well", "plate", "control", "image_index"
+
+#: Attributes that training changes besides the weights; a failed or interrupted training restores them.
+TRAINING_STATE = ("history_", "is_trained_")
+
+#: The ``history_`` entry of the training losses.
+HISTORY_KEY = "train"
 
 
 def _store_shape(path: str) -> tuple[int, ...]:
@@ -38,7 +52,7 @@ def _store_shape(path: str) -> tuple[int, ...]:
         return file["images"].shape
 
 
-def _check_plate_control_keys(setup: dict[str, Any]) -> None:
+def _check_plate_control_keys(setup: dict) -> None:
     if None in (setup.get("plate_key"), setup.get("control_key")):
         raise ValueError(
             "normalization='plate_controls' standardises each plate on its negative-control images: pass "
@@ -46,7 +60,7 @@ def _check_plate_control_keys(setup: dict[str, Any]) -> None:
         )
 
 
-class CWAMSN:
+class CWAMSN(RegisteredModel):
     """Cross-Well Aligned Masked Siamese Network (CWA-MSN) on Cell Painting images.
 
     MSN (Assran et al. 2022) whose anchor and target views come from two different wells that received the same
@@ -78,8 +92,25 @@ class CWAMSN:
         ``plate_key`` and ``control_key`` in :meth:`setup_anndata` and control images on every plate (at inference
         too).
     seed
-        Seed of the weights and of the sampling.
+        Seed of the weights; :meth:`train` takes its own seed for sampling, crops and patch drops. The caller's random
+        state is left untouched.
+
+    Notes
+    -----
+    Several GPUs: Lightning's DDP via ``model.train(accelerator="gpu", devices=4, strategy="ddp")``; every process
+    draws its own share of each epoch's pairs. On one CUDA device the training step is recorded once as a CUDA graph
+    and replayed.
+
+    Examples
+    --------
+    >>> cpe.model.CWAMSN.setup_anndata(images, perturbation_key="Metadata_Perturbation", well_key="Metadata_Well")
+    >>> model = cpe.model.CWAMSN(images)
+    >>> model.train()
+    >>> images.obsm["X_cwamsn"] = model.get_latent_representation()
     """
+
+    _training_plan_cls = CWAMSNTrainingPlan
+    _data_module_cls = PairDataModule
 
     def __init__(
         self,
@@ -100,31 +131,30 @@ class CWAMSN:
         focal_scale: tuple[float, float] = (0.05, 0.3),
         patch_drop: float = 0.15,
         cross_well: bool = True,
-        pool: str = "cls",
-        normalization: str = "image",
+        pool: Literal["cls", "mean"] = "cls",
+        normalization: Literal["image", "plate_controls"] = "image",
         seed: int = 0,
     ):
-        self.init_params_ = {key: value for key, value in locals().items() if key not in {"self", "adata"}}
-
-        from ..module import MaskedSiameseNetwork, ViewConfig, VisionTransformer
-
-        self.setup_args_ = self._registered_setup(adata)
+        super().__init__(adata)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}.")
         if normalization == "plate_controls":
-            _check_plate_control_keys(self.setup_args_)
-        self.adata = adata
-        n_channels = _store_shape(self.setup_args_["image_store"])[1]
+            _check_plate_control_keys(self._setup_args)
+        n_channels = _store_shape(self._setup_args["image_store"])[1]
         with seeded_torch_random(seed):
             encoder = VisionTransformer(
                 n_channels, image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, pool=pool
             )
             self.module = MaskedSiameseNetwork(encoder, hidden_dim, out_dim, n_prototypes, patch_drop=patch_drop)
         self.views = ViewConfig(image_size, focal_size, n_focal_views, tuple(random_scale), tuple(focal_scale))
-        self.is_trained_ = False
-        self.history_: dict[str, list[float]] = {"loss": []}
+        self.history_: dict[str, pd.DataFrame] = {}
+        kind = "CWA-MSN (cross-well)" if cross_well else "MSN (single-well)"
+        n_params = sum(p.numel() for p in encoder.parameters())
+        self._model_summary_string = f"{kind} with a {n_params / 1e6:.2f}M-parameter ViT on {n_channels} channels"
+        self.init_params_ = self._get_init_params(locals())
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ AnnData registration
+
     @classmethod
     def setup_anndata(
         cls,
@@ -135,10 +165,14 @@ class CWAMSN:
         batch_key: str | None = None,
         control_key: str | None = None,
         image_store: str | Path | None = None,
+        **kwargs,
     ) -> None:
-        """Register the obs columns and image store CWA-MSN samples from.
+        """Register the obs columns and the image store CWA-MSN samples from.
 
-        Writes only ``adata.uns["_cwamsn_setup"]`` (the arguments, replayed by :meth:`load`).
+        As in scvi-tools, this adds the columns ``_scvi_labels`` (the perturbation), ``_scvi_batch``, ``_scvi_well``
+        and ``_scvi_plate`` to ``adata.obs`` and ``_scvi_uuid`` / ``_scvi_manager_uuid`` to ``adata.uns``; nothing
+        else changes. The setup, with the store's path, is recorded in the model's registry and replayed by
+        :meth:`load`.
 
         Parameters
         ----------
@@ -156,53 +190,55 @@ class CWAMSN:
         image_store
             HDF5 image store (default: ``adata.uns["image_store"]["path"]``).
         """
-        check_obs_keys(adata, perturbation_key, well_key, plate_key, batch_key, "image_index")
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_obs_keys(adata, perturbation_key, well_key, plate_key, batch_key, IMAGE_INDEX_KEY)
         path = store_path(adata, image_store)
         n_images = _store_shape(path)[0]
-        index = adata.obs["image_index"].to_numpy()
+        index = adata.obs[IMAGE_INDEX_KEY].to_numpy()
         if index.min() < 0 or index.max() >= n_images:
             raise ValueError(f"obs['image_index'] must lie in [0, {n_images}), the rows of {path}.")
         check_obs_complete(adata, perturbation_key, well_key, plate_key)
         if control_key is not None:
             control_flags(adata, control_key)
-        adata.uns[SETUP_UNS_KEY] = {
-            "perturbation_key": perturbation_key,
-            "well_key": well_key,
-            "plate_key": plate_key,
-            "batch_key": batch_key,
-            "control_key": control_key,
-            "image_store": path,
-        }
+        setup_method_args["setup_args"]["image_store"] = path
+        fields = [
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, perturbation_key),
+            CategoricalObsField(WELL_KEY, well_key),
+            CategoricalObsField(PLATE_KEY, plate_key),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            NumericalObsField(IMAGE_INDEX_KEY, IMAGE_INDEX_KEY),
+            NumericalObsField(CONTROL_KEY, control_key, required=False),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        register_fields(adata_manager, adata, **kwargs)
+        cls.register_manager(adata_manager)
 
-    @staticmethod
-    def _registered_setup(adata: AnnData) -> dict[str, Any]:
-        if SETUP_UNS_KEY not in adata.uns:
-            raise ValueError("Call CWAMSN.setup_anndata(adata, perturbation_key=..., well_key=...) first.")
-        return {key: value for key, value in dict(adata.uns[SETUP_UNS_KEY]).items()}
+    @property
+    def _setup_args(self) -> dict:
+        return self.registry_["setup_args"]
 
-    def _sampler(self, adata: AnnData):
-        from ..module import CrossWellSampler
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's parameters."""
+        return next(self.module.parameters()).device
 
-        obs = adata.obs
-        return CrossWellSampler(
-            obs[self.setup_args_["perturbation_key"]].astype(str).to_numpy(),
-            obs[self.setup_args_["well_key"]].astype(str).to_numpy(),
-            obs["image_index"].to_numpy(),
-            cross_well=self.init_params_["cross_well"],
-        )
+    def _image_store(self, adata: AnnData) -> str:
+        """The store the images of ``adata`` are read from: its own, else (with a warning) the training store."""
+        if adata is self.adata:
+            return self._setup_args["image_store"]
+        return _store_of(adata, self._setup_args["image_store"])
 
-    def _channel_statistics(self, adata: AnnData, images: StoreImages, setup: dict[str, Any]):
+    def _channel_statistics(self, adata: AnnData, images: StoreImages) -> np.ndarray | None:
         """Channel statistics to standardise each row of the store ``images`` with (``None``: per view).
 
         With ``normalization="plate_controls"``: a ``(n_store_rows, 2, channels)`` float32 array holding, for every
-        image of ``adata`` (registered with ``setup``), the pixel mean and standard deviation of its plate's
-        negative-control images.
+        image of ``adata``, the pixel mean and standard deviation of its plate's negative-control images (the plate
+        and control columns of the model's setup).
         """
-        if self.init_params_["normalization"] == "image":
+        if self.init_params_["non_kwargs"]["normalization"] == "image":
             return None
-        from ..module import group_channel_statistics
-
-        _check_plate_control_keys(setup)
+        setup = self._setup_args
+        check_obs_keys(adata, setup["plate_key"])
         plates = adata.obs[setup["plate_key"]].astype(str).to_numpy()
         is_control = control_flags(adata, setup["control_key"])
         check_groups_present(
@@ -210,13 +246,14 @@ class CWAMSN:
             np.unique(plates),
             "plates have no negative-control images to standardise them with (normalization='plate_controls')",
         )
-        rows = adata.obs["image_index"].to_numpy()
+        rows = adata.obs[IMAGE_INDEX_KEY].to_numpy()
         labels, stats = group_channel_statistics(images, rows[is_control], plates[is_control])
         table = np.full((images.dataset.shape[0], *stats.shape[1:]), np.nan, dtype=np.float32)
         table[rows] = stats[np.searchsorted(labels, plates)]
         return table
 
     # ------------------------------------------------------------------ training
+
     def train(
         self,
         max_epochs: int = 100,
@@ -231,18 +268,20 @@ class CWAMSN:
         ema_momentum: tuple[float, float] = (0.996, 1.0),
         clip_grad: float = 3.0,
         accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
         num_workers: int = 0,
         cuda_graph: bool = True,
-        progress_bar: bool = True,
+        seed: int | None = None,
+        **trainer_kwargs,
     ) -> None:
-        """Train with AdamW and MSN's per-iteration schedules.
+        """Train with AdamW and MSN's per-iteration schedules (a Lightning run of :class:`CWAMSNTrainingPlan`).
 
         Parameters
         ----------
         max_epochs, batch_size
-            Paper: 100 epochs, batch 64.
+            Paper: 100 epochs, batch 64 (per process under DDP).
         steps_per_epoch
-            Iterations per epoch (default: number of images // batch_size, at least 1).
+            Iterations per epoch, shared among the processes (default: number of images // batch_size, at least 1).
         start_lr, lr, final_lr, warmup_epochs
             Linear warm-up from ``start_lr`` (paper: 2e-4) to ``lr`` over ``warmup_epochs`` (paper: 15), then cosine
             decay to ``final_lr`` (MSN ViT-S config: 1e-3 peak, 1e-6 final).
@@ -250,87 +289,55 @@ class CWAMSN:
             Start and end of the cosine weight decay (0.04 -> 0.4) and linear EMA momentum (0.996 -> 1.0).
         clip_grad
             Gradient norm clipping (MSN: 3.0).
-        accelerator
-            ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the step runs under bf16 autocast.
+        accelerator, devices
+            Lightning's names: ``"auto"`` (CUDA when available), ``"cpu"``, ``"gpu"`` / ``"cuda"``; ``devices="auto"``
+            is one device. On CUDA the step runs under bf16 autocast.
         num_workers
             Data-loader processes reading the store.
         cuda_graph
-            On CUDA, record the training step once as a CUDA graph and replay it (see
+            On one CUDA device, record the training step once as a CUDA graph and replay it (see
             :class:`cpembed.module.MSNTrainingStep`): the same computation with far less host work per step.
-        progress_bar
-            Show a tqdm bar over epochs.
+        seed
+            Seed of the pair sampling, crops and patch drops; default the model's ``seed``.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (and on to Lightning), e.g. ``strategy``, ``enable_progress_bar``.
         """
-        import torch
-        from tqdm.auto import trange
-
-        from ..module import MSNTrainingStep, PairBatches, Schedule, StoreImages, prefetch_to_device
-
-        if accelerator == "auto":
-            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(accelerator)
-        steps_per_epoch = steps_per_epoch or max(1, self.adata.n_obs // batch_size)
-        total_steps = max_epochs * steps_per_epoch
-        schedule = Schedule(
-            total_steps,
-            int(warmup_epochs * steps_per_epoch),
-            start_lr,
-            lr,
-            final_lr,
-            weight_decay[0],
-            weight_decay[1],
-            ema_momentum[0],
-            ema_momentum[1],
+        accelerator, devices, device = training_device(accelerator, devices)
+        seed = self.init_params_["non_kwargs"]["seed"] if seed is None else seed
+        setup = self._setup_args
+        obs = self.adata.obs
+        sampler = CrossWellSampler(
+            obs[setup["perturbation_key"]].astype(str).to_numpy(),
+            obs[setup["well_key"]].astype(str).to_numpy(),
+            obs[IMAGE_INDEX_KEY].to_numpy(),
+            cross_well=self.init_params_["non_kwargs"]["cross_well"],
         )
-        self.module.to(device).train()
-        autocast = torch.bfloat16 if device.type == "cuda" else None
-        training_step = MSNTrainingStep(
-            self.module,
-            self.views,
-            clip_grad=clip_grad,
-            autocast_dtype=autocast,
-            cuda_graph=cuda_graph and device.type == "cuda",
-        )
-        batches = PairBatches(
-            StoreImages(self.setup_args_["image_store"]),
-            self._sampler(self.adata),
+        data = self._data_module_cls(
+            setup["image_store"],
+            sampler,
             batch_size,
-            steps_per_epoch,
-            self.init_params_["seed"],
+            steps_per_epoch or max(1, self.adata.n_obs // batch_size),
+            seed,
+            num_workers,
         )
-        loader = torch.utils.data.DataLoader(
-            batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+        optimisation = Optimisation(
+            start_lr, lr, final_lr, warmup_epochs, tuple(weight_decay), tuple(ema_momentum), clip_grad, cuda_graph
         )
-        # A store handle of its own: the loader's stays closed in this process, so forked workers open their own.
-        channel_stats = self._channel_statistics(
-            self.adata, StoreImages(self.setup_args_["image_store"]), self.setup_args_
-        )
-        channel_stats = None if channel_stats is None else torch.from_numpy(channel_stats).to(device)
-        step = 0
-        with (
-            self._restored_on_failure(),
-            seeded_torch_random(self.init_params_["seed"], cuda=device.type == "cuda"),  # crops, patch drops
-        ):
-            description = "CWA-MSN" if self.init_params_["cross_well"] else "MSN (single-well)"
-            progress = trange(max_epochs, desc=description, disable=not progress_bar)
-            for epoch in progress:
-                batches.epoch = epoch
-                losses = []
-                for anchor_images, target_images, anchor_rows, target_rows in prefetch_to_device(loader, device):
-                    loss = training_step(
-                        anchor_images,
-                        target_images,
-                        learning_rate=schedule.learning_rate(step),
-                        weight_decay=schedule.weight_decay_at(step),
-                        momentum=schedule.momentum_at(step),
-                        anchor_stats=None if channel_stats is None else channel_stats[anchor_rows],
-                        target_stats=None if channel_stats is None else channel_stats[target_rows],
-                    )
-                    losses.append(loss)
-                    step += 1
-                self.history_["loss"].append(float(torch.stack(losses).mean()))
-                progress.set_postfix(loss=f"{self.history_['loss'][-1]:.3f}")
+        channel_stats = self._channel_statistics(self.adata, StoreImages(setup["image_store"]))
+        plan = self._training_plan_cls(self.module, self.views, optimisation, channel_stats)
+        with self._restored_on_failure(), seeded_torch_random(seed, cuda=device.type == "cuda"):
+            self.module.train()
+            fit(plan, data, max_epochs=max_epochs, accelerator=accelerator, devices=devices, **trainer_kwargs)
+            self._record(plan.epoch_losses)
+            self.is_trained_ = True
         self.module.eval()
-        self.is_trained_ = True
+        self.to_device(device)
+
+    def _record(self, epoch_losses: list[dict[str, float]]) -> None:
+        """Append the epochs of a run to ``history_[HISTORY_KEY]`` (epochs numbered on from earlier runs)."""
+        earlier = self.history_.get(HISTORY_KEY)
+        table = pd.concat([earlier, pd.DataFrame(epoch_losses)]) if earlier is not None else pd.DataFrame(epoch_losses)
+        self.history_ = {**self.history_, HISTORY_KEY: table.reset_index(drop=True).rename_axis("epoch")}
 
     @contextmanager
     def _restored_on_failure(self) -> Iterator[None]:
@@ -338,122 +345,151 @@ class CWAMSN:
 
         A training stopped part-way thus leaves the model as it was before :meth:`train`, not half-trained.
         """
-        import torch
-
-        saved_state = cpu_state_dict(self.module)
-        saved_history, was_trained = copy.deepcopy(self.history_), self.is_trained_
-        device = next(self.module.parameters()).device
+        saved_state, device = cpu_state_dict(self.module), self.device
+        saved_attributes = {name: copy.deepcopy(getattr(self, name)) for name in TRAINING_STATE}
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             with torch.no_grad():
                 self.module.load_state_dict(saved_state)
             self.module.to(device).eval()
-            self.history_, self.is_trained_ = saved_history, was_trained
-            raise
+            for name, value in saved_attributes.items():
+                setattr(self, name, value)
+            raise_stopped(error, "CWA-MSN")
 
-    # ------------------------------------------------------------------ inference
-    def get_latent_representation(self, adata: AnnData | None = None, batch_size: int = 256) -> np.ndarray:
-        """Embed every image (row) with the EMA target encoder, head dropped, whole image resized to ``image_size``.
+    # ------------------------------------------------------------------ embeddings
+
+    def get_latent_representation(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Embed images (rows) with the EMA target encoder, head dropped, whole image resized to ``image_size``.
 
         Parameters
         ----------
         adata
-            AnnData set up like the training one (default: the training AnnData); its images are read from the
-            store registered for it and, with ``normalization="plate_controls"``, standardised on the controls of
-            its own plates.
+            Images to embed, with ``obs["image_index"]`` (default: the training AnnData). They are read from the
+            store ``adata`` records (else, with a warning, from the training store) and, with
+            ``normalization="plate_controls"``, standardised on the controls of their own plates (the plate and
+            control columns of the model's setup). Nothing is written to ``adata``.
+        indices
+            Rows of ``adata`` to embed (positions in ``[0, n_obs)``); default all.
         batch_size
-            Images per forward pass.
+            Images per forward pass; default 256.
 
         Returns
         -------
-        ``(n_obs, embed_dim)`` float32 array.
+        Embeddings, images x ``embed_dim``, float32.
         """
-        import torch
-
-        from ..module import StoreImages, resize_for_inference
-
         adata = self.adata if adata is None else adata
-        store = self._validated_store(adata)
+        check_obs_keys(adata, IMAGE_INDEX_KEY)
+        positions = check_indices(indices, adata.n_obs)
+        store = self._image_store(adata)
+        n_channels, expected = _store_shape(store)[1], self.module.encoder.patch_embed.in_channels
+        if n_channels != expected:
+            raise ValueError(f"The image store has {n_channels} channels; the model was trained on {expected}.")
         images = StoreImages(store)
-        device = next(self.module.parameters()).device
-        rows = adata.obs["image_index"].to_numpy()
-        channel_stats = self._channel_statistics(adata, images, self._registered_setup(adata))
+        channel_stats = self._channel_statistics(adata, images)
+        rows = adata.obs[IMAGE_INDEX_KEY].to_numpy()[positions]
+        device = self.device
+        batch_size = batch_size or 256
         self.module.eval()
-        out = []
-        with torch.no_grad():
+        out = np.empty((len(rows), self.module.encoder.embed_dim), dtype=np.float32)
+        with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
                 batch_rows = rows[start : start + batch_size]
                 batch = torch.from_numpy(images.read(batch_rows)).to(device)
                 stats = None if channel_stats is None else torch.from_numpy(channel_stats[batch_rows]).to(device)
                 views = resize_for_inference(batch, self.views.image_size, stats)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    out.append(self.module.embed(views).float().cpu())
-        return torch.cat(out).numpy()
+                    out[start : start + len(batch_rows)] = self.module.embed(views).float().cpu().numpy()
+        return out
 
-    def _validated_store(self, adata: AnnData) -> str:
-        setup = self._registered_setup(adata)
-        n_channels = _store_shape(setup["image_store"])[1]
-        expected = self.module.encoder.patch_embed.in_channels
-        if n_channels != expected:
-            raise ValueError(f"The image store has {n_channels} channels; the model was trained on {expected}.")
-        return setup["image_store"]
+    # ------------------------------------------------------------------ saving
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
-        """Save weights, init parameters, setup arguments and history to ``dir_path/model.pt``.
+    def save(
+        self,
+        dir_path: str | Path,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model in scvi-tools' file layout, loadable with ``torch.load(..., weights_only=True)``.
 
-        The file is written under a temporary name and renamed at the end, so an interrupted save leaves an
-        earlier ``model.pt`` whole.
+        The folder is written whole or not at all (see :func:`cpembed.model._save_load.save_model`).
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write.
+        prefix
+            File name prefix.
+        overwrite
+            Replace an existing ``dir_path``; it must then hold saved models only, as it is replaced as a whole.
+        save_anndata
+            Also write the training AnnData (``<prefix>adata.h5ad``).
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad`.
         """
-        import torch
-
-        dir_path = Path(dir_path)
-        if (dir_path / MODEL_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{dir_path / MODEL_FILE} exists; pass overwrite=True.")
-        dir_path.mkdir(parents=True, exist_ok=True)
-        state = {
-            "state_dict": cpu_state_dict(self.module),
-            "init_params": self.init_params_,
-            "setup_args": self.setup_args_,
-            "history": self.history_,
-            "is_trained": self.is_trained_,
-        }
-        with replacing(dir_path / MODEL_FILE) as partial:
-            torch.save(state, partial)
+        save_model(self, dir_path, prefix, overwrite, save_anndata, **anndata_write_kwargs)
 
     @classmethod
-    def load(cls, dir_path: str | Path, adata: AnnData, *, accelerator: str = "cpu") -> CWAMSN:
-        """Load a saved model for ``adata``.
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ) -> CWAMSN:
+        """Load a saved model, attached to ``adata`` or to the AnnData saved with it.
 
-        When ``adata`` is not set up yet, it is set up with the saved keys and its own image store
-        (``adata.uns["image_store"]``); only when it records none are its images read from the training store.
+        ``adata`` is set up with the saved keys (which adds the ``_scvi_*`` registration entries, as
+        :meth:`setup_anndata` does) and its own image store (``adata.uns["image_store"]``); only when it records
+        none are its images read from the training store, with a warning.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Images to attach (default: the AnnData saved with the model, ``save(..., save_anndata=True)``).
+        accelerator, device
+            Lightning's accelerator name and device index of the device to load onto.
+        prefix
+            File name prefix used when saving.
         """
-        import torch
-
-        model_file = Path(dir_path) / MODEL_FILE
-        if not model_file.is_file():
-            raise FileNotFoundError(f"No saved CWAMSN model at {model_file}: pass the folder written by model.save().")
-        state = torch.load(model_file, map_location="cpu", weights_only=False)
-        if SETUP_UNS_KEY not in adata.uns:
-            setup = dict(state["setup_args"])
-            if "image_store" in adata.uns:
-                setup.pop("image_store")
-            else:
-                warnings.warn(
-                    f"adata records no image store (adata.uns['image_store']); its images are read from the "
-                    f"training store {setup['image_store']}.",
-                    stacklevel=2,
+        content = load_model_file(dir_path, prefix, cls.__name__)
+        attributes = content["attr_dict"]
+        registry = attributes.pop("registry_")
+        setup_args = dict(registry["setup_args"])
+        if adata is None:
+            saved = Path(dir_path) / f"{prefix or ''}{ADATA_FILE}"
+            if not saved.is_file():
+                raise ValueError(
+                    f"{dir_path} holds no AnnData (the model was saved without save_anndata=True): pass the images "
+                    f"to attach, CWAMSN.load({str(dir_path)!r}, adata=...)."
                 )
-            cls.setup_anndata(adata, **setup)
-        model = cls(adata, **state["init_params"])
-        model.module.load_state_dict(state["state_dict"])
-        model.history_ = state["history"]
-        model.is_trained_ = state["is_trained"]
-        model.module.to(accelerator).eval()
+            adata = read_h5ad(saved)
+        setup_args["image_store"] = _store_of(adata, setup_args["image_store"])
+        cls.setup_anndata(adata, **setup_args)
+        init_params = attributes.pop("init_params_")
+        model = cls(adata, **init_params["non_kwargs"])
+        model.module.load_state_dict(content["model_state_dict"])
+        for name, value in attributes.items():
+            setattr(model, name, value)
+        model.to_device(training_device(accelerator, device)[2])
+        model.module.eval()
         return model
 
-    def __repr__(self) -> str:
-        kind = "CWA-MSN (cross-well)" if self.init_params_["cross_well"] else "MSN (single-well)"
-        n_params = sum(p.numel() for p in self.module.encoder.parameters())
-        return f"{kind} with a {n_params / 1e6:.2f}M-parameter ViT, trained: {self.is_trained_}"
+
+def _store_of(adata: AnnData, training_store: str) -> str:
+    """The image store ``adata`` records, else (with a warning) ``training_store``."""
+    if STORE_UNS_KEY in adata.uns:
+        return store_path(adata, None)
+    warnings.warn(
+        f"adata records no image store (adata.uns['image_store']); its images are read from the training store "
+        f"{training_store}.",
+        stacklevel=3,
+    )
+    return training_store

@@ -5,7 +5,7 @@ from ._channel_statistics import group_channel_statistics
 from ._crops import random_resized_crop, resize_for_inference, standardize, to_standardized_float
 from ._embeddings import FeatureTokenEmbedding
 from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft_size
-from ._image_batches import CrossWellSampler, PairBatches, StoreImages, prefetch_to_device
+from ._image_batches import StoreImages
 from ._losses import (
     masked_feature_loss,
     replicate_alignment_loss,
@@ -20,14 +20,12 @@ from ._vit import VisionTransformer, embed_patches, keep_random_patches
 __all__ = [
     "CellPainTRBlock",
     "CellPainTRModule",
-    "CrossWellSampler",
     "FeatureTokenEmbedding",
     "HyenaFilter",
     "HyenaOperator",
     "MSNLoss",
     "MSNTrainingStep",
     "MaskedSiameseNetwork",
-    "PairBatches",
     "ProjectionHead",
     "Schedule",
     "StoreImages",
@@ -43,7 +41,6 @@ __all__ = [
     "masked_feature_loss",
     "msn_loss",
     "parameter_groups",
-    "prefetch_to_device",
     "random_resized_crop",
     "replicate_alignment_loss",
     "resize_for_inference",

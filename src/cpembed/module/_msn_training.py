@@ -8,9 +8,12 @@ biases, norms and prototypes); EMA momentum linear from 0.996 to 1.0; gradient c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from cpembed._compat import foreach_mul_
 
 from ._crops import random_resized_crop
 from ._msn import MaskedSiameseNetwork
@@ -122,6 +125,9 @@ class MSNTrainingStep:
         Record and replay the step as a CUDA graph; default: on CUDA devices.
     warmup_steps
         Eager steps before the capture (at least 1).
+    backward
+        Runs the backward pass of the loss (default ``Tensor.backward``); a Lightning training plan passes its
+        ``manual_backward`` under DDP, which synchronises the gradients of the processes (no CUDA graph then).
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class MSNTrainingStep:
         autocast_dtype: torch.dtype | None = None,
         cuda_graph: bool | None = None,
         warmup_steps: int = 3,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     ):
         device = msn.prototypes.device
         self.msn, self.views, self.clip_grad, self.autocast_dtype = msn, views, clip_grad, autocast_dtype
@@ -143,6 +150,7 @@ class MSNTrainingStep:
         if self.cuda_graph and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the network is on {device}.")
         self.warmup_steps = warmup_steps
+        self.backward = backward
         self.learning_rate = torch.zeros((), device=device)
         self.decay_factor = torch.ones((), device=device)
         self.ema_momentum = torch.ones((), device=device)
@@ -210,11 +218,11 @@ class MSNTrainingStep:
         with autocast:
             loss = self.msn(random_views, focal_views, target_views)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
+        self.backward(loss.total)
         if self.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.trained, self.clip_grad)
         with torch.no_grad():
-            torch._foreach_mul_(self.decayed, self.decay_factor)
+            foreach_mul_(self.decayed, self.decay_factor)
         self.optimizer.step()
         self.msn.update_target(self.ema_momentum)
         return loss.total.detach()

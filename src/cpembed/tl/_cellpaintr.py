@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from cpembed._validation import check_layer, check_obs_keys, get_finite_matrix
 
-from ._common import check_batch_labels
+from ._common import check_batch_labels, store_embedding
 
 if TYPE_CHECKING:
     from cpembed.model import CellPainTR
@@ -106,20 +106,17 @@ def cellpaintr(
     if model is None:
         model, preset = untrained_model(adata, layer, batch_key, labels_key, unlabeled_category, preset, model_kwargs)
         model.train(preset=preset, **train_kwargs)
-    embeddings = {key_added: model.get_latent_representation(adata)}
+    stage_latents = {}
     if stage_embeddings:
         for stage in STAGES:
             if stage in model.stage_states_:
-                embeddings[f"{key_added}_stage{stage}"] = model.get_latent_representation(adata, stage=stage)
-    adata = adata.copy() if copy else adata
-    adata.obsm.update(embeddings)
+                stage_latents[f"{key_added}_stage{stage}"] = model.get_latent_representation(adata, stage=stage)
     architecture = {name: model.init_params_["non_kwargs"][name] for name in ("readout", "linear_path")}
     params = {**model.registry_["setup_args"], **architecture, "stages": sorted(model.stage_states_)}
     if model.training_preset_ is not None:
         params["preset"] = model.training_preset_
-    adata.uns[key_added] = {"params": params}
-    logger.info("added %s to adata.obsm and %r to adata.uns", ", ".join(map(repr, embeddings)), key_added)
-    return adata if copy else None
+    latent = model.get_latent_representation(adata)
+    return store_embedding(adata, latent, key_added, params, copy=copy, extra_obsm=stage_latents)
 
 
 def untrained_model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,17 +35,34 @@ def check_several_batches(adata: AnnData, batch_key: str) -> None:
 
 
 def store_embedding(
-    adata: AnnData, embedding: np.ndarray, key_added: str, params: dict[str, Any], *, copy: bool
+    adata: AnnData,
+    embedding: np.ndarray,
+    key_added: str,
+    params: dict[str, Any],
+    *,
+    copy: bool,
+    extra_obsm: Mapping[str, np.ndarray] | None = None,
+    extra_uns: Mapping[str, Any] | None = None,
 ) -> AnnData | None:
-    """Write ``embedding`` to ``.obsm[key_added]`` and ``params`` to ``.uns[key_added]["params"]``.
+    """Write ``embedding`` to ``.obsm[key_added]`` and ``params`` to ``.uns[key_added]["params"]``, and log them.
 
-    With ``copy=True`` the result goes to a copy of ``adata``, which is returned; otherwise ``adata`` is changed
-    in place (only those two entries) and ``None`` is returned, as scanpy's ``tl`` functions do. An embedding with
-    NaN or infinite values (an overflow) is refused before anything is written.
+    Every ``cpembed.tl`` function stores its result here. ``extra_obsm`` (key -> array) are written to ``.obsm``
+    beside the embedding (such as CellPainTR's per-stage embeddings) and ``extra_uns`` into ``.uns[key_added]``
+    beside ``params`` (such as feature names). With ``copy=True`` the result goes to a copy of ``adata``, which is
+    returned; otherwise ``adata`` is changed in place (only those entries) and ``None`` is returned, as scanpy's
+    ``tl`` functions do. An embedding with NaN or infinite values (an overflow) is refused before anything is
+    written.
     """
-    check_result_finite(embedding, f"adata.obsm[{key_added!r}]")
+    embeddings = {key_added: embedding, **(extra_obsm or {})}
+    for key, values in embeddings.items():
+        check_result_finite(values, f"adata.obsm[{key!r}]")
     target = adata.copy() if copy else adata
-    target.obsm[key_added] = embedding
-    target.uns[key_added] = {"params": params}
-    logger.info("added .obsm[%r] (%d dimensions) and .uns[%r]['params']", key_added, embedding.shape[1], key_added)
+    target.obsm.update(embeddings)
+    target.uns[key_added] = {**(extra_uns or {}), "params": params}
+    logger.info(
+        "added .obsm[%s] (%d dimensions) and .uns[%r]",
+        "], .obsm[".join(map(repr, embeddings)),
+        embedding.shape[1],
+        key_added,
+    )
     return target if copy else None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._common import store_embedding
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -19,13 +21,11 @@ def cwamsn(
     control_key: str | None = None,
     image_store: str | Path | None = None,
     cross_well: bool = True,
-    normalization: str = "image",
-    max_epochs: int = 100,
-    batch_size: int = 64,
+    normalization: Literal["image", "plate_controls"] = "image",
     model_kwargs: dict[str, Any] | None = None,
-    train_kwargs: dict[str, Any] | None = None,
     key_added: str = "X_cwamsn",
     copy: bool = False,
+    **train_kwargs,
 ) -> AnnData | None:
     """Embed Cell Painting images with CWA-MSN (cross-well aligned masked siamese network).
 
@@ -52,25 +52,35 @@ def cwamsn(
         ``"image"``: standardise every view per channel on its own pixels (the paper's). ``"plate_controls"``:
         standardise every image with its plate's negative-control images, which keeps intensity phenotypes (needs
         ``plate_key`` and ``control_key``; see :class:`~cpembed.model.CWAMSN`).
-    max_epochs, batch_size
-        Paper: 100 epochs, batch 64.
-    model_kwargs, train_kwargs
-        Extra arguments of :class:`~cpembed.model.CWAMSN` (sizes, views, seed) and of its ``train``.
+    model_kwargs
+        Extra arguments of :class:`~cpembed.model.CWAMSN` (sizes, views, seed).
     key_added
         obsm key of the embedding; parameters go to ``uns[key_added]["params"]``.
     copy
         Return a new AnnData instead of writing into ``adata``.
+    **train_kwargs
+        Passed to :meth:`cpembed.model.CWAMSN.train` (``max_epochs``, ``batch_size``, ``accelerator``, ...).
 
     Returns
     -------
     None, or the new AnnData when ``copy=True``. Writes ``obsm[key_added]`` (``n_obs x embed_dim``) and
-    ``uns[key_added]["params"]``; the training setup is kept in ``uns["_cwamsn_setup"]``.
+    ``uns[key_added]["params"]`` (the setup, the architecture and the final training loss); nothing else of
+    ``adata`` changes.
     """
-    from ..model import CWAMSN
+    from anndata import AnnData
 
-    adata = adata.copy() if copy else adata
+    from ..io._image_store import STORE_UNS_KEY
+    from ..model import CWAMSN
+    from ..model._cwamsn import HISTORY_KEY, IMAGE_INDEX_KEY
+
+    keys = (perturbation_key, well_key, plate_key, batch_key, control_key, IMAGE_INDEX_KEY)
+    # The model is set up on a view of its own (scvi-tools adds columns), so the user's AnnData gains only results.
+    view = AnnData(
+        obs=adata.obs[[key for key in keys if key in adata.obs]].copy(),
+        uns={key: adata.uns[key] for key in (STORE_UNS_KEY,) if key in adata.uns},
+    )
     CWAMSN.setup_anndata(
-        adata,
+        view,
         perturbation_key,
         well_key,
         plate_key=plate_key,
@@ -78,18 +88,13 @@ def cwamsn(
         control_key=control_key,
         image_store=image_store,
     )
-    model = CWAMSN(adata, cross_well=cross_well, normalization=normalization, **(model_kwargs or {}))
-    model.train(max_epochs=max_epochs, batch_size=batch_size, **(train_kwargs or {}))
-    adata.obsm[key_added] = model.get_latent_representation(adata)
-    adata.uns[key_added] = {
-        "params": {
-            "perturbation_key": perturbation_key,
-            "well_key": well_key,
-            "cross_well": cross_well,
-            "max_epochs": max_epochs,
-            "batch_size": batch_size,
-            "final_loss": model.history_["loss"][-1],
-            **{k: v for k, v in model.init_params_.items() if isinstance(v, int | float | str | bool)},
-        }
+    model = CWAMSN(view, cross_well=cross_well, normalization=normalization, **(model_kwargs or {}))
+    model.train(**train_kwargs)
+    architecture = {k: v for k, v in model.init_params_["non_kwargs"].items() if isinstance(v, int | float | str)}
+    params = {
+        **{k: v for k, v in model.registry_["setup_args"].items() if v is not None},
+        **architecture,
+        **{k: v for k, v in train_kwargs.items() if isinstance(v, int | float | str)},
+        "final_loss": float(model.history_[HISTORY_KEY]["loss"].iloc[-1]),
     }
-    return adata if copy else None
+    return store_embedding(adata, model.get_latent_representation(), key_added, params, copy=copy)

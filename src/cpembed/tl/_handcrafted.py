@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .._compat import check_extra
 from ..io._image_store import open_image_store, read_store_images, store_path
+from ._common import store_embedding
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -184,6 +186,7 @@ def handcrafted_features(
 
     from .._validation import check_obs_keys
 
+    check_extra("images", "cpembed.tl.handcrafted_features")
     check_obs_keys(adata, "image_index")
     image_store = store_path(adata, image_store)
     with open_image_store(image_store) as file:
@@ -201,10 +204,12 @@ def handcrafted_features(
         nuclei = read_store_images(image_store, chunk, f"{masks}/nuclei")
         cells = read_store_images(image_store, chunk, f"{masks}/cells")
         features += [field_features(i, n, c) for i, n, c in zip(images, nuclei, cells, strict=True)]
-    adata = adata.copy() if copy else adata
-    adata.obsm[key_added] = np.asarray(features, dtype=np.float32)
-    adata.uns[key_added] = {
-        "feature_names": feature_names(channels),
-        "params": {"image_store": str(image_store), "masks": masks},
-    }
-    return adata if copy else None
+    params = {"image_store": str(image_store), "masks": masks}
+    return store_embedding(
+        adata,
+        np.asarray(features, dtype=np.float32),
+        key_added,
+        params,
+        copy=copy,
+        extra_uns={"feature_names": feature_names(channels)},
+    )
