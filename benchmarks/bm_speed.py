@@ -12,8 +12,14 @@ user would pay them.
 Prints each side's wall time per step, the end-to-end ratio, and the peak resident memory above the starting
 point (sampled every 20 ms; both sides share one process: cpembed runs second, from what the reference left).
 
+``--neighbors exact approximate`` runs cpe.bm.benchmark in each neighbour mode and prints, besides each mode's time
+and memory, the largest difference of every metric and aggregate score from the first mode, and each mode's time
+extrapolated to 800,000 wells (``--out`` writes both as CSV). The steps that use neither neighbours nor silhouettes
+(classifiers, mAP) run once and count in every mode.
+
     python benchmarks/bm_speed.py                    # 4 embeddings of 52,992 wells x 64 dimensions
     python benchmarks/bm_speed.py --plates 16        # ~6,000 wells, quick check
+    python benchmarks/bm_speed.py --plates 544 --no-reference --neighbors approximate   # ~200,000 wells
 """
 
 import argparse
@@ -21,13 +27,16 @@ import os
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from map_speed import copairs_map
 from sklearn.decomposition import PCA
 
 import cpembed as cpe
 from cpembed import bm
+from cpembed.bm._neighbors import resolve_search
 
 KEYS = {
     "batch_key": "Metadata_Batch",
@@ -36,6 +45,10 @@ KEYS = {
     "plate_key": "Metadata_Plate",
     "control_key": "Metadata_is_negcon",
 }
+#: The steps that use the neighbour graph or all pairs of wells: those the neighbour mode changes.
+NEIGHBOR_STEPS = ("graph_connectivity", "leiden", "kbet", "lisi", "silhouette_batch", "silhouette_label")
+#: Wells of the extrapolated cost (JUMP's compound set is of this order).
+EXTRAPOLATED_WELLS = 800_000
 
 
 class PeakMemory:
@@ -175,17 +188,87 @@ def _forest_f1(X, y, n_jobs):
     return f1_score(y_test, forest.predict(X_test), average="weighted")
 
 
-def record_step_times(timings: dict) -> None:
-    """Time each metric step inside cpe.bm.benchmark (the shared neighbour search lands in the first graph step)."""
-    run_step = bm._benchmark._run_step
+class StepTimer:
+    """Time each metric step inside cpe.bm.benchmark, under the label set last (the neighbour search lands in the
+    first graph step)."""
 
-    def timed(scorer, step):
-        start = time.perf_counter()
-        result = run_step(scorer, step)
-        timings[step] += time.perf_counter() - start
-        return result
+    def __init__(self):
+        self.seconds = defaultdict(lambda: defaultdict(float))
+        self.label = None
+        run_step = bm._benchmark._run_step
 
-    bm._benchmark._run_step = timed
+        def timed(scorer, step):
+            start = time.perf_counter()
+            result = run_step(scorer, step)
+            self.seconds[self.label][step] += time.perf_counter() - start
+            return result
+
+        bm._benchmark._run_step = timed
+
+
+def cpembed_tables(adata, embeddings, steps, modes, *, n_jobs: int, null_size: int, timer: StepTimer) -> dict:
+    """cpe.bm.benchmark's table in each neighbour mode, with its wall time and peak memory.
+
+    The steps that use neither neighbours nor silhouettes (classifiers, mAP) give the same values in every mode: they
+    run once, and their time and memory are added to each mode's.
+    """
+    options = {**KEYS, "n_jobs": n_jobs, "null_size": null_size, "progress": False}
+    shared_steps = [step for step in steps if step not in NEIGHBOR_STEPS]
+    runs = {}
+    for label, mode, selected in [("shared", "exact", shared_steps)] + [(mode, mode, NEIGHBOR_STEPS) for mode in modes]:
+        selected = [step for step in selected if step in steps]
+        if not selected:
+            continue
+        timer.label = label
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            metrics = [column for step in selected for column in bm._benchmark._STEPS[step]]
+            table = bm.benchmark(adata, embeddings, **options, metrics=metrics, neighbors=mode)
+            runs[label] = {"table": table, "seconds": time.perf_counter() - start, "mib": memory.mib}
+    shared = runs.pop("shared", {"table": None, "seconds": 0.0, "mib": 0.0})
+    for run in runs.values():
+        if shared["table"] is not None:
+            run["table"] = with_scores(run["table"].fillna(shared["table"]))
+        run["own_seconds"] = run["seconds"]
+        run["seconds"] += shared["seconds"]
+        run["mib"] = max(run["mib"], shared["mib"])
+    return runs
+
+
+def with_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """The metric columns of ``table`` followed by the aggregate scores computed from them."""
+    metrics = table[list(bm.METRIC_COLUMNS)]
+    return pd.concat([metrics, bm.CELLPAINTR_SCORES.score(metrics), bm.JUMP_SCORES.score(metrics)], axis=1)
+
+
+def mode_differences(runs: dict, reference_mode: str) -> pd.DataFrame:
+    """Largest |mode - reference_mode| over the embeddings, per metric and aggregate score, for each other mode.
+
+    Metrics not computed (left out with --skip) are the same in every mode, so they cancel out of the aggregate
+    differences: they are held at 0 on both sides to compute them.
+    """
+
+    def scored(table):
+        return with_scores(table.fillna(0.0))
+
+    reference = scored(runs[reference_mode]["table"])
+    computed = runs[reference_mode]["table"].columns[runs[reference_mode]["table"].notna().all()]
+    columns = [column for column in reference.columns if column in computed or column in bm.SCORE_COLUMNS]
+    return pd.DataFrame(
+        {
+            mode: (scored(run["table"]) - reference)[columns].abs().max()
+            for mode, run in runs.items()
+            if mode != reference_mode
+        }
+    )
+
+
+def extrapolated_seconds(run: dict, mode: str, n_wells: int, target: int) -> float:
+    """Seconds at ``target`` wells: the shared steps grow as n log n, the neighbour steps as n² (exact search and
+    all-pairs silhouettes) or n log n (NN-descent; sampled silhouettes grow as n)."""
+    n_log_n = target * np.log(target) / (n_wells * np.log(n_wells))
+    neighbour_growth = (target / n_wells) ** 2 if mode == "exact" else n_log_n
+    return (run["seconds"] - run["own_seconds"]) * n_log_n + run["own_seconds"] * neighbour_growth
 
 
 def main():
@@ -197,50 +280,92 @@ def main():
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=list(bm._benchmark._STEPS), help="metric steps left out on both sides"
     )
+    parser.add_argument(
+        "--neighbors",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "exact", "approximate"],
+        help="neighbour modes of cpe.bm.benchmark to run; the others are compared with the first",
+    )
+    parser.add_argument("--no-reference", action="store_true", help="leave out scib-metrics, copairs, scikit-learn")
+    parser.add_argument("--embeddings", type=int, default=4, choices=range(1, 5), help="how many of the 4 to score")
+    parser.add_argument("--out", type=Path, help="folder to write bm_speed_<wells>.csv (per mode) and differences to")
     args = parser.parse_args()
     steps = [step for step in bm._benchmark._STEPS if step not in args.skip]
-    metrics = [column for step in steps for column in bm._benchmark._STEPS[step]]
 
     adata = simulated_embeddings(args.plates, args.n_dims)
-    embeddings = ["X_pca", "X_batch_centred", "X_source_centred", "X_noisy"]
+    embeddings = ["X_pca", "X_batch_centred", "X_source_centred", "X_noisy"][: args.embeddings]
+    n_wells = adata.n_obs
     print(
-        f"{adata.n_obs} wells ({int(adata.obs['Metadata_is_negcon'].sum())} controls) x {args.n_dims} dims, "
+        f"{n_wells} wells ({int(adata.obs['Metadata_is_negcon'].sum())} controls) x {args.n_dims} dims, "
         f"{len(embeddings)} embeddings, {adata.obs['Metadata_Batch'].nunique()} batches, "
         f"{adata.obs['Metadata_moa'].nunique()} MoAs, {adata.obs['Metadata_Compound'].nunique()} compounds"
     )
 
-    ours_steps, reference_steps = defaultdict(float), defaultdict(float)
-    # The reference runs first, so that its numba/jax compilation is not paid for by a warm-up from cpembed.
-    with PeakMemory() as reference_memory:
-        start = time.perf_counter()
-        reference = reference_table(
-            adata, embeddings, steps, n_jobs=args.n_jobs, null_size=args.null_size, timings=reference_steps
-        )
-        reference_seconds = time.perf_counter() - start
-    record_step_times(ours_steps)
-    with PeakMemory() as ours_memory:
-        start = time.perf_counter()
-        table = bm.benchmark(adata, embeddings, **KEYS, metrics=metrics, n_jobs=args.n_jobs, null_size=args.null_size)
-        ours_seconds = time.perf_counter() - start
+    reference_steps = defaultdict(float)
+    if not args.no_reference:
+        # The reference runs first, so that its numba/jax compilation is not paid for by a warm-up from cpembed.
+        with PeakMemory() as reference_memory:
+            start = time.perf_counter()
+            reference = reference_table(
+                adata, embeddings, steps, n_jobs=args.n_jobs, null_size=args.null_size, timings=reference_steps
+            )
+            reference_seconds = time.perf_counter() - start
+    timer = StepTimer()
+    runs = cpembed_tables(
+        adata, embeddings, steps, args.neighbors, n_jobs=args.n_jobs, null_size=args.null_size, timer=timer
+    )
 
-    print(f"\n{'step':<20}{'cpembed s':>12}{'reference s':>14}{'ratio':>8}")
+    first = args.neighbors[0]
+    print(f"\n{'step':<20}" + "".join(f"{'cpembed ' + mode + ' s':>24}" for mode in runs) + f"{'reference s':>14}")
     for step in steps:
-        reference_s = reference_steps[step]
-        print(f"{step:<20}{ours_steps[step]:>12.1f}{reference_s:>14.1f}{reference_s / ours_steps[step]:>8.1f}")
+        label = "shared" if step not in NEIGHBOR_STEPS else None
+        times = "".join(f"{timer.seconds[label or mode][step]:>24.1f}" for mode in runs)
+        print(f"{step:<20}{times}{reference_steps[step]:>14.1f}")
     print("(each side's neighbour search is counted in its first graph-metric row)")
-    print(
-        f"\nend to end: cpembed {ours_seconds:.1f} s, reference {reference_seconds:.1f} s, "
-        f"speed-up {reference_seconds / ours_seconds:.2f}x"
-    )
-    print(
-        f"peak memory above start: cpembed {ours_memory.mib:.0f} MiB, reference {reference_memory.mib:.0f} MiB "
-        f"(a dense wells x wells float32 matrix would be {adata.n_obs**2 * 4 / 2**20:.0f} MiB)"
-    )
-    print("\nlargest |cpembed - reference| per metric over the embeddings:")
-    for column in reference[embeddings[0]]:
-        gap = max(abs(table.loc[key, column] - reference[key][column]) for key in embeddings)
-        print(f"  {column:<28}{gap:.2e}")
-    print("\n" + table.round(3).to_string())  # fmt: skip
+    rows = []
+    for mode, run in runs.items():
+        extrapolated = extrapolated_seconds(run, resolve_search(mode, n_wells), n_wells, EXTRAPOLATED_WELLS)
+        print(
+            f"cpembed, neighbors={mode}: {run['seconds']:.1f} s end to end ({run['own_seconds']:.1f} s in the "
+            f"neighbour and silhouette steps), peak memory above start {run['mib']:.0f} MiB; "
+            f"about {extrapolated / 3600:.1f} h at {EXTRAPOLATED_WELLS:,} wells"
+        )
+        rows.append(
+            {
+                "wells": n_wells,
+                "embeddings": len(embeddings),
+                "neighbors": mode,
+                "seconds": round(run["seconds"], 1),
+                "neighbour_and_silhouette_seconds": round(run["own_seconds"], 1),
+                "peak_MiB": round(run["mib"]),
+                f"extrapolated_{EXTRAPOLATED_WELLS // 1000}k_wells_hours": round(extrapolated / 3600, 2),
+            }
+        )
+    print(f"(a dense wells x wells float32 matrix would be {n_wells**2 * 4 / 2**20:.0f} MiB)")
+    if not args.no_reference:
+        print(
+            f"reference: {reference_seconds:.1f} s, peak memory above start {reference_memory.mib:.0f} MiB; "
+            f"speed-up of cpembed ({first}) {reference_seconds / runs[first]['seconds']:.2f}x"
+        )
+        print("\nlargest |cpembed - reference| per metric over the embeddings:")
+        for column in reference[embeddings[0]]:
+            gap = max(abs(runs[first]["table"].loc[key, column] - reference[key][column]) for key in embeddings)
+            print(f"  {column:<28}{gap:.2e}")
+    differences = mode_differences(runs, first) if len(runs) > 1 else None
+    if differences is not None:
+        print(f"\nlargest |mode - {first}| per metric and aggregate score over the embeddings:")
+        print(differences.to_string(float_format="{:.4f}".format))
+    for mode, run in runs.items():
+        print(f"\nneighbors={mode}\n" + run["table"].round(3).to_string())  # fmt: skip
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out / f"bm_speed_{n_wells}.csv", index=False)
+        if differences is not None:
+            differences.index.name = "column"
+            differences.add_prefix(f"|{first} - ").add_suffix("|").to_csv(
+                args.out / f"bm_speed_{n_wells}_differences.csv", float_format="%.4f"
+            )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ machine without anndata or scanpy.
 Before timing, the package's FFT convolution is checked on the device against a direct float64 convolution at
 the benchmark's length (relative errors of output and gradients, printed with the run's metadata). Every
 configuration that runs out of memory or fails to compile is reported as such; ``--time-budget-s`` skips the
-configurations that would start after the budget; results are written to ``--json-out`` after every row.
+configurations that would start after the budget; results are written to ``--json-out`` after every row, and the
+final table to ``--out`` as CSV (the table the benchmarks page includes).
 ``--profile`` adds, for every ``cpembed`` configuration, the device time of two training steps by kernel family
 (matrix products, FFTs, compiled elementwise kernels, copies, ...) and the kernels that take the most time.
 
@@ -416,6 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-precision", choices=["bf16", "fp32"], default="fp32")
     parser.add_argument("--time-budget-s", type=float, default=None, help="skip configurations started after this")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="CSV file to write the final table to")
     parser.add_argument("--profile", action="store_true", help="device time by kernel family (cpembed rows)")
     return parser.parse_args(argv)
 
@@ -448,6 +450,39 @@ def format_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append("".join(format(cell(row), spec) for _, spec, cell in COLUMNS) + f"  {row['status']}")
     return "\n".join(lines)
+
+
+#: Columns of the ``--out`` CSV file: header and the key of a result row.
+CSV_COLUMNS = {
+    "implementation": "implementation",
+    "precision": "precision",
+    "batch": "batch_size",
+    "compiled": "compiled",
+    "memory budget": "memory_budget",
+    "train samples/s": "train_samples_per_s",
+    "inference samples/s": "inference_samples_per_s",
+    "train GiB": "train_peak_gib",
+    "inference GiB": "inference_peak_gib",
+    "train ratio": "train_ratio",
+    "inference ratio": "inference_ratio",
+    "status": "status",
+}
+
+
+def write_csv(rows: list[dict], device: str, path: Path) -> None:
+    """Write the result rows with the device as CSV, in the columns of :data:`CSV_COLUMNS` (empty where none)."""
+    import csv
+
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["device", *CSV_COLUMNS])
+        for row in rows:
+            values = [row.get(key) for key in CSV_COLUMNS.values()]
+            writer.writerow([device, *("" if value is None else _rounded(value) for value in values)])
+
+
+def _rounded(value):
+    return round(value, 2) if isinstance(value, float) else value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -489,6 +524,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.json_out is not None:
             args.json_out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(format_table(rows), flush=True)
+    if args.out is not None:
+        write_csv(rows, meta["device"], args.out)
     for row in rows:
         if "profile_families_ms" in row:
             title = f"cpembed {row['precision']} batch {row['batch_size']} compiled={row['compiled']}"

@@ -15,8 +15,9 @@ compound (mAP 0.96-0.99), and the mAP comparisons are decided by noise.
 Runs on CPU in a few minutes per seed with a small ViT (sizes printed). Each seed draws its own simulated plates
 and initialises its own networks; with several seeds the script prints every seed's table, then the mean and
 standard deviation over seeds and how many seeds meet each target (single simulations of 112 wells vary a lot).
-Example:
-    python benchmarks/cwamsn_quality.py --seeds 0 1 2 3 4
+``--out`` writes that summary (mean ± standard deviation per method and score; with one seed, its values) to a CSV
+file, the table the benchmarks page includes. Example:
+    python benchmarks/cwamsn_quality.py --seeds 0 1 2 3 4 --out docs/_static/benchmarks/cwamsn/quality.csv
 """
 
 import argparse
@@ -63,6 +64,7 @@ def parse_args():
     parser.add_argument("--per-moa", type=int, default=4, help="compounds per MoA")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (data and networks)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--out", type=Path, default=None, help="CSV file to write the summary over seeds to")
     return parser.parse_args()
 
 
@@ -211,7 +213,21 @@ def main():
     for seed, table in tables.items():
         print(f"\nseed {seed}")
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    summarise_seeds({seed: table.drop(columns="seconds") for seed, table in tables.items()}, TARGETS)
+    scores = {seed: table.drop(columns="seconds") for seed, table in tables.items()}
+    summarise_seeds(scores, TARGETS)
+    if args.out is not None:
+        summary_table(scores).to_csv(args.out)
+        print(f"summary written to {args.out}")
+
+
+def summary_table(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each method's scores over seeds as ``"mean ± sd"`` (three decimals; one seed: its value), methods as rows."""
+    stacked = pd.concat(tables, names=["seed", "method"])
+    grouped = stacked.groupby(level="method", sort=False)
+    if len(tables) == 1:
+        return grouped.mean().map(lambda value: f"{value:.3f}")
+    means, deviations = grouped.mean(), grouped.std()
+    return means.map(lambda value: f"{value:.3f}") + " ± " + deviations.map(lambda value: f"{value:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@
     ``CWAMSN.train`` runs it);
 (b) the step of ``CWAMSN.train`` fed by the data pipeline: cross-well pairs sampled and read from an on-disk HDF5
     store (one chunk per image) by DataLoader workers, pinned, and copied to the device on a side stream while the
-    previous step runs (``cpembed.module.prefetch_to_device``);
+    previous step runs (``cpembed.model._cwamsn_data``, importable with torch alone);
 (c) inference: EMA encoder forward on 224 px images;
 (d) the data pipeline of (b) alone, without training: whether it can keep up with the step.
 
 ``--profile`` adds the device time of two steps of (a) by kernel family and the kernels that take the most time.
+``--out`` appends the run's throughputs as one row to a CSV file (written with its header when new), so several
+runs make one table, the one the benchmarks page includes.
 
 Needs torch, numpy and h5py only (``cpembed.module`` is imported from this checkout's ``src``). Example (one H100):
     python benchmarks/cwamsn_speed.py --device cuda --batch-size 256 --steps 30
@@ -36,6 +38,7 @@ from _profile import format_profile, profile_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import cpembed.module as cm
+from cpembed.model._cwamsn_data import CrossWellSampler, PairBatches, prefetch_to_device
 
 
 def parse_args():
@@ -68,6 +71,7 @@ def parse_args():
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the ViT blocks")
     parser.add_argument("--profile", action="store_true", help="device time of a step (a) by kernel family")
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="CSV file to append this run's row to")
     return parser.parse_args()
 
 
@@ -152,8 +156,8 @@ def pair_dataset(args, store_path, n_batches):
     image_rows = np.arange(args.n_images)
     wells = image_rows % (n_perturbations * wells_per_perturbation)
     perturbations = wells % n_perturbations
-    sampler = cm.CrossWellSampler(perturbations, wells, image_rows, cross_well=True)
-    return cm.PairBatches(cm.StoreImages(store_path), sampler, args.batch_size, n_batches, seed=0)
+    sampler = CrossWellSampler(perturbations, wells, image_rows, cross_well=True)
+    return PairBatches(cm.StoreImages(store_path), sampler, args.batch_size, n_batches, seed=0)
 
 
 def process_batches(args, dataset):
@@ -266,7 +270,7 @@ def main():
 
         def pipeline(kind):
             make = {"process": process_batches, "thread": thread_batches}[kind]
-            return cm.prefetch_to_device(make(args, pair_dataset(args, store_path, n_batches)), device)
+            return prefetch_to_device(make(args, pair_dataset(args, store_path, n_batches)), device)
 
         def train_from_store(kind):
             return run_steps(training_step, pipeline(kind), device, args.warmup, args.steps)
@@ -308,6 +312,20 @@ def main():
     print("targets: (b) >= 2,400 samples/s and (c) >= 20,000 images/s on one H100")
     if profile is not None:
         print(format_profile(profile, f"eager training step (a), batch {args.batch_size}"))
+    if args.out is not None:
+        append_csv_row(
+            args.out,
+            {
+                "device": name,
+                "batch size": args.batch_size,
+                "steps": args.steps,
+                "(a) eager step, samples/s": baseline,
+                "(e) CUDA-graph step, samples/s": graphed,
+                "(b) CWAMSN.train step + HDF5 pipeline, samples/s": pipeline,
+                "(c) inference, images/s": inference,
+                "(d) pipeline alone, samples/s": loader,
+            },
+        )
     if args.json_out:
         result = {
             "device": name,
@@ -323,6 +341,18 @@ def main():
             **(profile or {}),
         }
         Path(args.json_out).write_text(json.dumps(result, indent=2))
+
+
+def append_csv_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV file ``path`` (throughputs rounded to whole samples), with a header if it is new."""
+    import csv
+
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(row)
+        writer.writerow(round(value) if isinstance(value, float) else value for value in row.values())
 
 
 if __name__ == "__main__":

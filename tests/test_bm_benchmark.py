@@ -36,9 +36,28 @@ def test_table_has_the_published_columns(table, tmp_path):
     assert list(result.columns) == list(bm.METRIC_COLUMNS) + list(bm.SCORE_COLUMNS)
     assert result.notna().all().all()
     assert ((result >= 0) & (result <= 1)).all().all()
-    pd.testing.assert_frame_equal(adata.uns["cpe_benchmark"], result)
-    adata.write_h5ad(tmp_path / "benchmarked.h5ad")  # the table survives a round trip through h5ad
-    pd.testing.assert_frame_equal(ad.read_h5ad(tmp_path / "benchmarked.h5ad").uns["cpe_benchmark"], result)
+    pd.testing.assert_frame_equal(adata.uns["cpe_benchmark"]["results"], result)
+    adata.write_h5ad(tmp_path / "benchmarked.h5ad")  # the table and its settings survive a round trip through h5ad
+    record = ad.read_h5ad(tmp_path / "benchmarked.h5ad").uns["cpe_benchmark"]
+    pd.testing.assert_frame_equal(record["results"], result)
+    assert record["params"]["null_size"] == 2000
+
+
+def test_stored_table_carries_the_settings_that_made_it(bbbc021_standardized):
+    adata = bbbc021_standardized.copy()
+    settings = {"metric": "cosine", "null_size": 300, "leiden_seed": 7, "graph_neighbors": 10, "threshold": 0.1}
+    wells = np.ones(adata.n_obs, dtype=bool)
+    wells[:5] = False
+    bm.benchmark(adata, "X_pca5", **KEYS, **settings, metrics=FAST, wells=wells, key_added="scores", progress=False)
+    params = adata.uns["scores"]["params"]
+    assert {name: params[name] for name in settings} == settings
+    assert {name: params[name] for name in KEYS} == KEYS
+    assert params["n_wells"] == adata.n_obs - 5
+    assert params["classifier_seed"] == 42
+    assert params["kbet_neighbors"] == 50
+    assert "well_key" not in params  # None is left out, so the record can be written to .h5ad
+    assert "n_jobs" not in params  # the scores do not depend on it
+    assert list(adata.uns["scores"]["results"].index) == ["X_pca5"]
 
 
 def test_table_equals_the_metric_functions_under_the_protocol(bbbc021_standardized, table):

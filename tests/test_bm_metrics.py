@@ -159,6 +159,7 @@ def test_lisi_brute_force_on_a_tiny_graph():
     np.testing.assert_allclose(bm.lisi(neighbors, np.array(["a", "a", "a"]), perplexity=2), [1, 1, 1], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_kbet_per_label_equals_scib(bbbc021, neighbors, monkeypatch):
     import scib_metrics
     from scib_metrics import nearest_neighbors as scib_nn

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 import cpembed as cpe
+import cpembed._report
 from cpembed._report import (
     ADATA_H5AD,
     DEFAULT_METHODS,
@@ -23,12 +25,16 @@ from cpembed._report import (
     SUMMARY_MD,
     TABLE_PNG,
     UMAP_PNG,
+    CellPainTRSettings,
     CWAMSNSettings,
     ReportConfig,
+    fit_to_budget,
+    prepare_report,
+    probe_seconds_per_well,
     run_report,
 )
 from cpembed.bm import METRIC_COLUMNS, SCORE_COLUMNS
-from cpembed.cli import main
+from cpembed.cli import KEY_OPTIONS, _load, build_parser, main
 from cpembed.model._training_plan import CellPainTRTrainingPlan
 
 matplotlib.use("Agg")
@@ -51,6 +57,7 @@ def _three_weeks() -> ad.AnnData:
     return adata[adata.obs["Metadata_Batch"].isin(["Week1", "Week2", "Week3"])].copy()
 
 
+@pytest.mark.slow
 def test_bundled_run_writes_every_file_and_prints_the_table(bbbc021_report):
     status, printed, out = bbbc021_report
     assert status == 0
@@ -60,6 +67,7 @@ def test_bundled_run_writes_every_file_and_prints_the_table(bbbc021_report):
         assert method in printed
 
 
+@pytest.mark.slow
 def test_results_csv_has_one_row_per_method_with_table1_columns(bbbc021_report):
     _, _, out = bbbc021_report
     table = pd.read_csv(out / RESULTS_CSV, index_col="method")
@@ -70,6 +78,7 @@ def test_results_csv_has_one_row_per_method_with_table1_columns(bbbc021_report):
     assert ((table >= 0) & (table <= 1)).all().all()
 
 
+@pytest.mark.slow
 def test_h5ad_holds_the_preprocessed_profiles_and_every_embedding(bbbc021_report):
     _, _, out = bbbc021_report
     written = ad.read_h5ad(out / ADATA_H5AD)
@@ -84,6 +93,7 @@ def test_h5ad_holds_the_preprocessed_profiles_and_every_embedding(bbbc021_report
     np.testing.assert_allclose(written.obsm["X_combat"], reference.obsm["X_combat"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_table_matches_the_library_on_the_written_embeddings(bbbc021_report):
     _, _, out = bbbc021_report
     written = ad.read_h5ad(out / ADATA_H5AD)
@@ -114,6 +124,7 @@ def test_table_matches_the_library_on_the_written_embeddings(bbbc021_report):
     assert table.loc["baseline", "nscb"] == pytest.approx(accuracy.nscb)
 
 
+@pytest.mark.slow
 def test_summary_links_every_picture_and_lists_the_methods(bbbc021_report):
     _, _, out = bbbc021_report
     summary = (out / SUMMARY_MD).read_text()
@@ -124,6 +135,7 @@ def test_summary_links_every_picture_and_lists_the_methods(bbbc021_report):
         assert f"| {method} |" in summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".h5ad"])
 def test_input_from_a_file(tmp_path, suffix):
     adata = _three_weeks()
@@ -142,6 +154,7 @@ def test_input_from_a_file(tmp_path, suffix):
     assert ad.read_h5ad(out / ADATA_H5AD).n_obs == adata.n_obs
 
 
+@pytest.mark.slow
 def test_run_report_leaves_the_input_unchanged(tmp_path):
     adata = _three_weeks()
     before = adata.copy()
@@ -199,6 +212,7 @@ def test_command_line_prints_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cwamsn_embeds_images_and_joins_them_to_the_profile_wells(tmp_path):
     images = cpe.datasets.simulate_images(tmp_path / "store.h5", 4, 3, n_plates=8, n_sites=1, image_size=32, seed=0)
     images.obs["plate_well"] = images.obs["Metadata_Plate"].astype(str) + "/" + images.obs["Metadata_Well"].astype(str)
@@ -240,6 +254,7 @@ def _stop_training(monkeypatch, stop) -> None:
     monkeypatch.setattr(CellPainTRTrainingPlan, "training_step", training_step)
 
 
+@pytest.mark.slow
 def test_interrupted_rerun_leaves_the_earlier_report_whole(three_weeks_h5ad, tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     assert main(["run", str(three_weeks_h5ad), "--out", str(out), *FAST]) == 0
@@ -269,6 +284,7 @@ def test_sigterm_stops_the_run_with_a_non_zero_status(three_weeks_h5ad, tmp_path
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
+@pytest.mark.slow
 def test_rerun_with_fewer_methods_leaves_no_file_of_the_earlier_run(three_weeks_h5ad, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
@@ -354,3 +370,83 @@ def test_the_working_folder_cannot_be_the_report_folder(tmp_path, capsys, monkey
     assert main(["run", "--out", ".", *FAST]) == 2
     assert "working folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_the_defaults_as_plain_text(capsys):
+    for command in (["--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        printed = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
+        assert "``" not in printed
+    assert "(default: Metadata_Batch, BBBC021's)" in printed
+    assert "(default: 0)" in printed  # --seed
+    assert "(default: None)" not in printed
+
+
+def test_every_default_key_used_on_an_own_table_is_named(three_weeks_h5ad, caplog):
+    args = build_parser().parse_args(["run", str(three_weeks_h5ad), "--out", "report", "--batch-key", "Metadata_Plate"])
+    with caplog.at_level("WARNING", logger="cpembed"):
+        _, config = _load(args)
+    notices = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(notices) == len(KEY_OPTIONS) - 1
+    assert not any("--batch-key" in notice for notice in notices)
+    assert "--plate-key not given: using 'Metadata_Plate'" in notices[0]
+    assert config.batch_key == "Metadata_Plate"
+    assert config.plate_key == "Metadata_Plate"
+
+
+def test_the_bundled_run_needs_no_key_options(caplog):
+    with caplog.at_level("WARNING", logger="cpembed"):
+        _, config = _load(build_parser().parse_args(["run", "--out", "report", "--well-key", "none"]))
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+    assert config.batch_key == ReportConfig().batch_key
+    assert config.well_key is None
+
+
+def test_an_unreadable_format_lists_every_readable_one(tmp_path, capsys):
+    path = tmp_path / "profiles.txt"
+    path.write_text("a,b\n1,2\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "report")]) == 2
+    error = capsys.readouterr().err
+    assert ".csv, .csv.gz, .parquet, .h5ad" in error
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_well", "fraction"),
+    [(1e-3, 1.0), (1e-2, 0.5), (1.0, 2 * 64 / 1000)],  # within the budget; half over it; the two-minibatch floor
+)
+def test_training_is_cut_to_the_time_budget(seconds_per_well, fraction):
+    settings = CellPainTRSettings(epochs=(4, 4, 2), batch_sizes=(32, 32, 64))
+    size = fit_to_budget(settings, (1000, 200), seconds_per_well, budget=50.0, device="CPU")
+    assert size.full_seconds == pytest.approx(10 * 1000 * seconds_per_well)
+    assert size.fraction == pytest.approx(fraction)
+    assert size.estimated_seconds == pytest.approx(size.full_seconds * fraction)
+    assert ("each epoch trains" in size.describe()) == (fraction < 1)
+
+
+@pytest.mark.slow
+def test_report_trains_the_share_of_each_epoch_that_fits_the_budget(caplog, capsys, monkeypatch):
+    """A probe that finds the model slow makes the report train two minibatches per epoch and say so first."""
+    monkeypatch.setattr(cpembed._report, "probe_seconds_per_well", lambda adata, config, preset: 1.0)
+    settings = replace(CellPainTRSettings.tiny(), time_budget=1.0)
+    config = ReportConfig(cellpaintr=settings, methods=("cellpaintr",))
+    adata = prepare_report(_three_weeks(), config).adata
+    with caplog.at_level("INFO", logger="cpembed"):
+        history = cpembed._report._cellpaintr(adata, config)
+    assert "each epoch trains" in caplog.text
+    n_batches = history["stage1"]["n_batches"]
+    full = -(-adata.n_obs // CellPainTRSettings.tiny().batch_sizes[0])
+    assert (n_batches == int(full * 2 * 64 / adata.n_obs)).all()
+    printed = capsys.readouterr()
+    cut = int(n_batches.iloc[0])
+    assert f"{cut}/{cut}" in printed.out + printed.err  # the bar counts minibatches
+    training = adata.uns["X_cellpaintr"]["params"]["training"]
+    assert training["fraction_of_each_epoch"] == pytest.approx(2 * 64 / adata.n_obs)
+
+
+@pytest.mark.slow
+def test_the_timing_probe_returns_a_time_per_well():
+    config = ReportConfig(cellpaintr=CellPainTRSettings.tiny(), progress=False)
+    adata = prepare_report(_three_weeks(), config).adata
+    seconds = probe_seconds_per_well(adata, config, "anchored")
+    assert 0 < seconds < 10

@@ -10,7 +10,7 @@ from matplotlib.colors import to_hex
 from sklearn.decomposition import PCA
 
 import cpembed as cpe
-from cpembed.pl._umap import CONTROL_COLOR, compute_umap, umap_key
+from cpembed.pl._umap import CONTROL_COLOR, compute_umap
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,24 @@ def test_grid_has_one_panel_per_method_and_colouring(bbbc021):
             assert len(ax.collections[0].get_offsets()) == adata.n_obs
 
 
-def test_umaps_are_computed_once_and_stored_under_documented_keys(bbbc021):
-    adata = bbbc021.copy()
-    before = set(adata.obsm)
-    cpe.pl.umap(adata, ["X_pca"], ["Metadata_moa"], show=False)
-    assert set(adata.obsm) - before == {umap_key("X_pca")}
-    assert adata.uns["cpe_umap"]["X_pca_umap"]["basis"] == "X_pca"
-    np.testing.assert_allclose(adata.obsm["X_pca_umap"], compute_umap(bbbc021, "X_pca"), rtol=1e-5, atol=1e-5)
+def test_plotting_leaves_adata_unchanged_unless_asked_to_store(bbbc021):
     untouched = bbbc021.copy()
-    cpe.pl.umap(untouched, ["X_pca3"], ["Metadata_moa"], store=False, show=False)
+    fig = cpe.pl.umap(untouched, ["X_pca", "X_pca3"], ["Metadata_moa"], return_fig=True)
     assert set(untouched.obsm) == set(bbbc021.obsm)
-    assert "cpe_umap" not in untouched.uns
+    assert set(untouched.uns) == set(bbbc021.uns)
+    np.testing.assert_allclose(_plotted(fig), compute_umap(bbbc021, "X_pca"), rtol=1e-5, atol=1e-5)
+    adata = bbbc021.copy()
+    cpe.pl.umap(adata, ["X_pca", "X_pca3"], ["Metadata_moa"], key_added=["pca_layout", "pca3_layout"], show=False)
+    assert set(adata.obsm) - set(bbbc021.obsm) == {"pca_layout", "pca3_layout"}
+    assert set(adata.uns) - set(bbbc021.uns) == {"cpe_umap"}
+    record = adata.uns["cpe_umap"]["pca_layout"]
+    assert record["params"] == {"basis": "X_pca", "n_neighbors": 15, "random_state": 0}
+    np.testing.assert_allclose(adata.obsm["pca_layout"], compute_umap(bbbc021, "X_pca"), rtol=1e-5, atol=1e-5)
+
+
+def test_key_added_needs_one_key_per_basis(bbbc021):
+    with pytest.raises(ValueError, match="Got 1 keys in key_added for 2 embeddings"):
+        cpe.pl.umap(bbbc021.copy(), ["X_pca", "X_pca3"], "Metadata_moa", key_added="X_pca_umap", show=False)
 
 
 def test_controls_have_the_fixed_colour_and_legends_follow_category_order(bbbc021):
@@ -86,29 +93,30 @@ def _plotted(fig) -> np.ndarray:
     return coordinates
 
 
-def test_cached_umap_is_reused_only_for_the_same_basis_and_settings(bbbc021):
+def test_stored_umap_is_reused_only_for_the_same_basis_and_settings(bbbc021):
     adata = bbbc021.copy()
-    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    stored = {"key_added": "X_pca3_umap", "return_fig": True}
+    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", **stored))
     np.testing.assert_array_equal(adata.obsm["X_pca3_umap"], first)  # what was stored is what was drawn
-    np.testing.assert_array_equal(_plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True)), first)
+    np.testing.assert_array_equal(_plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", **stored)), first)
     adata.obsm["X_pca3"] = adata.obsm["X_pca"][:, 3:6].copy()  # the basis changed: its UMAP is stale
-    changed = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    changed = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", **stored))
     np.testing.assert_allclose(changed, compute_umap(adata, "X_pca3"), rtol=1e-5, atol=1e-5)
-    other_k = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", n_neighbors=5, return_fig=True))
+    other_k = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", n_neighbors=5, **stored))
     np.testing.assert_allclose(other_k, compute_umap(adata, "X_pca3", n_neighbors=5), rtol=1e-5, atol=1e-5)
-    assert adata.uns["cpe_umap"]["X_pca3_umap"]["n_neighbors"] == 5
+    assert adata.uns["cpe_umap"]["X_pca3_umap"]["params"]["n_neighbors"] == 5
 
 
 def test_scanpy_umap_is_neither_shown_nor_overwritten(bbbc021):
     """After sc.tl.umap, X_umap holds the UMAP of scanpy's own graph: the plot of "X" must not show it."""
     adata = bbbc021.copy()
     adata.obsm["X_umap"] = np.zeros((adata.n_obs, 2))
-    adata.obsm["X_pca_umap"] = np.zeros((adata.n_obs, 2))  # written by someone else
     fig = cpe.pl.umap(adata, ["X"], "Metadata_moa", return_fig=True)
     np.testing.assert_allclose(_plotted(fig), compute_umap(adata, "X"), rtol=1e-5, atol=1e-5)
     assert (adata.obsm["X_umap"] == 0).all()
+    adata.obsm["X_pca_umap"] = np.zeros((adata.n_obs, 2))  # written by someone else
     with pytest.warns(UserWarning, match=r"adata.obsm\['X_pca_umap'\] was not written by cpembed.pl.umap"):
-        fig = cpe.pl.umap(adata, "X_pca", "Metadata_moa", return_fig=True)
+        fig = cpe.pl.umap(adata, "X_pca", "Metadata_moa", key_added="X_pca_umap", return_fig=True)
     assert (adata.obsm["X_pca_umap"] == 0).all()
     assert np.ptp(_plotted(fig), axis=0).min() > 0
 
@@ -129,7 +137,7 @@ def test_umap_input_errors_name_the_fix(bbbc021):
     adata.obsm["X_nan"] = adata.obsm["X_pca"].copy()
     adata.obsm["X_nan"][0, 0] = np.nan
     with pytest.raises(ValueError, match=r"adata.obsm\['X_nan'\] contains 1 NaN"):
-        cpe.pl.umap(adata, "X_nan", "Metadata_moa", show=False)
+        cpe.pl.umap(adata, "X_nan", "Metadata_moa", key_added="X_nan_umap", show=False)
     adata.obsm["X_huge"] = adata.obsm["X_pca"] * 1e38
     with pytest.raises(ValueError, match=r"adata.obsm\['X_huge'\] in float32, as UMAP reads it, would hold"):
         cpe.pl.umap(adata, "X_huge", "Metadata_moa", show=False)
@@ -140,7 +148,7 @@ def test_stored_umap_is_reused_after_an_h5ad_round_trip(bbbc021, tmp_path, monke
     import anndata as ad
 
     adata = bbbc021.copy()
-    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", return_fig=True))
+    first = _plotted(cpe.pl.umap(adata, "X_pca3", "Metadata_moa", key_added="X_pca3_umap", return_fig=True))
     adata.write_h5ad(tmp_path / "umap.h5ad")
     again = ad.read_h5ad(tmp_path / "umap.h5ad")
 
@@ -148,4 +156,5 @@ def test_stored_umap_is_reused_after_an_h5ad_round_trip(bbbc021, tmp_path, monke
         raise AssertionError("the stored UMAP was recomputed")
 
     monkeypatch.setattr(cpe.pl._umap, "_umap_of", refuse)
-    np.testing.assert_array_equal(_plotted(cpe.pl.umap(again, "X_pca3", "Metadata_moa", return_fig=True)), first)
+    fig = cpe.pl.umap(again, "X_pca3", "Metadata_moa", key_added="X_pca3_umap", return_fig=True)
+    np.testing.assert_array_equal(_plotted(fig), first)

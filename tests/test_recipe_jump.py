@@ -84,6 +84,7 @@ def test_recipe_matches_reference_pipeline(dataset):
     assert list(result.uns["cpembed_pp"]) == [*STEPS, "recipe_jump"]
 
 
+@pytest.mark.slow
 def test_recipe_matches_reference_on_bbbc021_up_to_identical_features():
     """BBBC021 holds identical features, whose tie pycytominer breaks by rounding noise; compare them as one."""
     adata = cpe.datasets.bbbc021()
@@ -258,3 +259,55 @@ def test_recipe_on_backed_anndata_needs_copy(tmp_path):
         cpe.pp.recipe_jump(backed, PLATE, NEGCON)
     result = cpe.pp.recipe_jump(backed, PLATE, NEGCON, copy=True)
     np.testing.assert_array_equal(result.X, cpe.pp.recipe_jump(adata, PLATE, NEGCON, copy=True).X)
+
+
+def assert_same_records(records, expected):
+    """The step records of two recipe runs are equal, arrays included."""
+    assert list(records) == list(expected)
+    for step, entry in expected.items():
+        assert list(records[step]) == list(entry), step
+        for key, value in entry.items():
+            if isinstance(value, dict):
+                assert records[step][key] == pytest.approx(value), step
+            else:
+                np.testing.assert_array_equal(records[step][key], value, err_msg=step)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Backed matrices read 7 features of 1,000 wells at a time, so every file spans several blocks."""
+    from cpembed.pp import _recipe
+
+    monkeypatch.setattr(_recipe, "BACKED_BLOCK_ELEMENTS", 7_000)
+
+
+def test_recipe_on_backed_data_streams_blocks_of_features_to_the_in_memory_result(tmp_path, small_blocks):
+    path = tmp_path / "screen.h5ad"
+    backed = cpe.datasets.simulate_profiles(
+        n_sources=2, n_batches_per_source=1, n_plates_per_batch=2, plate_format=96, n_compounds=40, n_moas=5,
+        n_features=60, nonfinite_fraction=1e-3, seed=0, path=path,
+    )  # fmt: skip
+    expected = cpe.pp.recipe_jump(ad.read_h5ad(path), PLATE, NEGCON, copy=True)
+    result = cpe.pp.recipe_jump(backed, PLATE, NEGCON, copy=True)
+    assert not result.isbacked
+    assert result.uns["cpembed_pp"]["drop_nonfinite"]["dropped_features"].size > 0
+    assert result.X.dtype == expected.X.dtype == np.float32
+    np.testing.assert_array_equal(result.X, expected.X)
+    assert list(result.var_names) == list(expected.var_names)
+    pd.testing.assert_frame_equal(result.obs, expected.obs)
+    assert_same_records(result.uns["cpembed_pp"], expected.uns["cpembed_pp"])
+
+
+def test_recipe_on_backed_data_refuses_what_it_refuses_in_memory(tmp_path, small_blocks):
+    adata = small_screen()
+    adata.X[12] = np.nan
+    adata.write_h5ad(tmp_path / "screen.h5ad")
+    backed = ad.read_h5ad(tmp_path / "screen.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"drop_nonfinite would keep 0 of 40 features: well 'well12' .*how='wells'"):
+        cpe.pp.recipe_jump(backed, PLATE, NEGCON, copy=True)
+    adata = small_screen()
+    adata.X[adata.obs[NEGCON].to_numpy() & (adata.obs[PLATE] == "plate1").to_numpy()] = 1.0  # constant controls
+    adata.write_h5ad(tmp_path / "constant.h5ad")
+    backed = ad.read_h5ad(tmp_path / "constant.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"control_variation_filter would keep 0 of \d+ features: plate 'plate1'"):
+        cpe.pp.recipe_jump(backed, PLATE, NEGCON, copy=True)

@@ -48,6 +48,13 @@ ADATA_H5AD = "embeddings.h5ad"
 SUMMARY_MD = "report.md"
 #: Every file a report folder may hold.
 REPORT_FILES = (RESULTS_CSV, TABLE_PNG, UMAP_PNG, HISTORY_PNG, ADATA_H5AD, SUMMARY_MD)
+#: ``.uns`` key of the benchmark table and its settings (see :func:`cpembed.bm.benchmark`).
+BENCHMARK_KEY = "cpe_benchmark"
+#: Default seconds of CellPainTR training on a CPU and on a GPU (see :class:`CellPainTRSettings`).
+CPU_TIME_BUDGET = 600.0
+GPU_TIME_BUDGET = 1800.0
+#: Minibatches the timing probe of :func:`size_training` trains; the first (warm-up) is not counted.
+PROBE_BATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class CellPainTRSettings:
     two-core CPU. With so few epochs the preset's learning rates barely move the stages 2-3 correction, so the
     stages use larger ones; this is the "cpu" size ``benchmarks/cellpaintr_quality.py`` scores on BBBC021 and on
     both simulator families.
+
+    Before training, :func:`size_training` times a few minibatches and, when the whole schedule would take longer
+    than ``time_budget`` seconds (default: :data:`CPU_TIME_BUDGET` on a CPU, :data:`GPU_TIME_BUDGET` on a GPU),
+    trains the same epochs on a share of each epoch's minibatches, so that larger tables still finish in about the
+    budget. ``time_budget=math.inf`` trains the whole schedule.
     """
 
     d_model: int = 64
@@ -68,6 +80,7 @@ class CellPainTRSettings:
     epochs: tuple[int, int, int] = (4, 4, 4)
     learning_rates: tuple[float, float, float] = (1e-3, 1e-3, 1e-3)
     batch_sizes: tuple[int, int, int] = (32, 32, 64)
+    time_budget: float | None = None
 
     @classmethod
     def tiny(cls) -> CellPainTRSettings:
@@ -305,8 +318,9 @@ def run_report(adata: AnnData, config: ReportConfig, out: str | Path) -> pd.Data
     The results table, one row per method (index: method names): the columns of :func:`cpembed.bm.benchmark`,
     plus ``nsc`` and ``nscb`` with a concentration key. The folder receives ``results.csv``,
     ``benchmark_table.png``, ``umap.png``, ``training_history.png`` (when CellPainTR ran), ``embeddings.h5ad``
-    (the preprocessed profiles with every embedding in ``.obsm`` and the table in ``.uns["cpe_benchmark"]``) and
-    ``report.md``.
+    (the preprocessed profiles with every embedding in ``.obsm``, the table and its settings in
+    ``.uns["cpe_benchmark"]`` as :func:`cpembed.bm.benchmark` stores them, with the method names as index, and the
+    schedule CellPainTR trained in ``.uns["X_cellpaintr"]["params"]["training"]``) and ``report.md``.
     """
     check_output_folder(out)
     return write_report(prepare_report(adata, config), config, out)
@@ -380,23 +394,156 @@ def _sphering(adata: AnnData, config: ReportConfig) -> None:
 
 
 def _cellpaintr(adata: AnnData, config: ReportConfig) -> dict[str, pd.DataFrame]:
-    """Train CellPainTR (compounds as contrastive positives) and embed; returns the per-stage losses."""
-    from cpembed.tl._cellpaintr import untrained_model
+    """Train CellPainTR (compounds as contrastive positives), sized to the time budget, and embed.
 
+    Returns the per-stage losses; the schedule it trained goes to ``adata.uns["X_cellpaintr"]["params"]["training"]``.
+    """
     settings = config.cellpaintr
-    # The model trains on a view of its own (scvi-tools adds columns), with the architecture preset="auto" picks.
-    model_kwargs = {**settings.model_kwargs(), "seed": config.seed}
-    model, preset = untrained_model(adata, None, config.batch_key, config.perturbation_key, None, "auto", model_kwargs)
+    model, preset = _untrained_cellpaintr(adata, config, "auto")
+    size = size_training(adata, config, preset)
+    logger.info("CellPainTR: %s", size.describe())
+    share = {} if size.fraction == 1 else {"limit_train_batches": size.fraction}
     model.train(
         **settings.train_kwargs(),
         preset=preset,
         seed=config.seed,
         enable_progress_bar=config.progress,
+        simple_progress_bar=False,  # Lightning's bar: moves every minibatch, with the epoch's remaining time
+        enable_model_summary=False,
+        logger=False,
+        **share,
+    )
+    key = EMBEDDING_KEYS["cellpaintr"]
+    cpe.tl.cellpaintr(adata, model=model, key_added=key)
+    adata.uns[key]["params"]["training"] = {
+        "epochs": np.asarray(settings.epochs),
+        "learning_rates": np.asarray(settings.learning_rates),
+        "batch_sizes": np.asarray(settings.batch_sizes),
+        "fraction_of_each_epoch": size.fraction,
+        "time_budget_s": size.budget,
+        "estimated_s": size.estimated_seconds,
+    }
+    return model.history_
+
+
+def _untrained_cellpaintr(adata: AnnData, config: ReportConfig, preset: str):
+    """A fresh CellPainTR with the report's architecture (on a view of its own: scvi-tools adds columns)."""
+    from cpembed.tl._cellpaintr import untrained_model
+
+    model_kwargs = {**config.cellpaintr.model_kwargs(), "seed": config.seed}
+    return untrained_model(adata, None, config.batch_key, config.perturbation_key, None, preset, model_kwargs)
+
+
+@dataclass(frozen=True)
+class TrainingSize:
+    """How long CellPainTR's schedule takes on this table and device, and the share of it that fits the budget.
+
+    Attributes
+    ----------
+    n_wells, n_features
+        Size of the training table.
+    device
+        ``"CPU"`` or ``"GPU"``.
+    seconds_per_well
+        Training time per well, timed by :func:`probe_seconds_per_well`.
+    full_seconds
+        Estimated time of the whole schedule: every epoch of every stage passes over every well once.
+    budget
+        Seconds the training may take.
+    fraction
+        Share of each epoch's minibatches trained (Lightning's ``limit_train_batches``): 1 when the schedule fits
+        the budget, else the budget over the estimate, but at least two minibatches per epoch.
+    """
+
+    n_wells: int
+    n_features: int
+    device: str
+    seconds_per_well: float
+    full_seconds: float
+    budget: float
+    fraction: float
+
+    @property
+    def estimated_seconds(self) -> float:
+        """Estimated training time with :attr:`fraction`."""
+        return self.full_seconds * self.fraction
+
+    def describe(self) -> str:
+        """One line for the log: the estimate, and how the schedule was cut to fit the budget."""
+        line = (
+            f"{self.n_wells:,} wells x {self.n_features} features on the {self.device}, "
+            f"{1e3 * self.seconds_per_well:.2g} ms per well: training should take about "
+            f"{_minutes(self.estimated_seconds)}"
+        )
+        if self.fraction == 1:
+            return f"{line} (budget {_minutes(self.budget)})."
+        return (
+            f"{line}: the whole schedule would take {_minutes(self.full_seconds)}, over the budget of "
+            f"{_minutes(self.budget)}, so each epoch trains {self.fraction:.0%} of its minibatches."
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def size_training(adata: AnnData, config: ReportConfig, preset: str) -> TrainingSize:
+    """Time CellPainTR (``preset``) on ``adata`` and fit its schedule (``config.cellpaintr``) to the time budget."""
+    import torch
+
+    settings = config.cellpaintr
+    gpu = torch.cuda.is_available()
+    budget = settings.time_budget
+    if budget is None:
+        budget = GPU_TIME_BUDGET if gpu else CPU_TIME_BUDGET
+    seconds_per_well = probe_seconds_per_well(adata, config, preset)
+    return fit_to_budget(settings, adata.shape, seconds_per_well, budget, "GPU" if gpu else "CPU")
+
+
+def fit_to_budget(
+    settings: CellPainTRSettings, shape: tuple[int, int], seconds_per_well: float, budget: float, device: str
+) -> TrainingSize:
+    """The :class:`TrainingSize` of ``settings`` on a wells x features table trained at ``seconds_per_well``."""
+    n_wells, n_features = shape
+    full_seconds = sum(settings.epochs) * n_wells * seconds_per_well
+    two_batches = min(1.0, 2 * max(settings.batch_sizes) / n_wells)
+    fraction = 1.0 if full_seconds <= budget else max(budget / full_seconds, two_batches)
+    return TrainingSize(n_wells, n_features, device, seconds_per_well, full_seconds, budget, fraction)
+
+
+def probe_seconds_per_well(adata: AnnData, config: ReportConfig, preset: str) -> float:
+    """Seconds per well of CellPainTR training, timed on :data:`PROBE_BATCHES` minibatches of a throwaway model.
+
+    The model (with ``preset``'s architecture), device and stage 1 minibatch size are the report's; the first
+    minibatch (warm-up) is not counted.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.seconds.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    batch_size = config.cellpaintr.batch_sizes[0]
+    model, _ = _untrained_cellpaintr(adata, config, preset)
+    model.train(
+        stage1={"max_epochs": 1, "batch_size": batch_size},
+        stages=(1,),
+        preset=preset,
+        seed=config.seed,
+        limit_train_batches=PROBE_BATCHES,
+        callbacks=[timer],
+        enable_progress_bar=False,
         enable_model_summary=False,
         logger=False,
     )
-    cpe.tl.cellpaintr(adata, model=model, key_added=EMBEDDING_KEYS["cellpaintr"])
-    return model.history_
+    return float(np.median(timer.seconds[1:] or timer.seconds)) / batch_size
 
 
 def _cwamsn(adata: AnnData, config: ReportConfig) -> None:
@@ -415,7 +562,7 @@ def _cwamsn(adata: AnnData, config: ReportConfig) -> None:
         batch_key=config.batch_key if config.batch_key in images.obs else None,
         max_epochs=config.cwamsn.epochs,
         model_kwargs={**config.cwamsn.model_kwargs(), "seed": config.seed},
-        train_kwargs={"progress_bar": config.progress},
+        enable_progress_bar=config.progress,
         key_added=EMBEDDING_KEYS["cwamsn"],
     )
     wells = cpe.pp.aggregate(images, by=well_id, obsm_key=EMBEDDING_KEYS["cwamsn"])
@@ -459,11 +606,13 @@ def score_embeddings(adata: AnnData, config: ReportConfig) -> pd.DataFrame:
         null_size=config.null_size,
         n_jobs=config.n_jobs,
         progress=config.progress,
+        key_added=BENCHMARK_KEY,
     )
     table.index = pd.Index(methods, name="method")
     if config.moa_key is not None and config.concentration_key is not None:
         table = table.join(_moa_accuracies(adata, methods, config))
-    adata.uns["cpe_benchmark"] = table
+        adata.uns[BENCHMARK_KEY]["params"]["concentration_key"] = config.concentration_key
+    adata.uns[BENCHMARK_KEY]["results"] = table
     return table
 
 
@@ -555,7 +704,9 @@ def summary_markdown(
             f"CellPainTR ({preset} preset, chosen by `preset='auto'`): d_model={cp.d_model}, n_layers={cp.n_layers}, "
             f"d_mlp={cp.d_mlp}, "
             f"epochs per stage {'/'.join(map(str, cp.epochs))}, "
-            f"learning rates {'/'.join(map(str, cp.learning_rates))}, batch sizes {'/'.join(map(str, cp.batch_sizes))}."
+            f"learning rates {'/'.join(map(str, cp.learning_rates))}, "
+            f"batch sizes {'/'.join(map(str, cp.batch_sizes))}, "
+            f"{_trained_share(adata.uns[EMBEDDING_KEYS['cellpaintr']]['params']['training'])}."
         )
     total = sum(timings.values())
     steps = pd.DataFrame({"seconds": {**timings, "total": total}}).rename_axis("step").round(1)
@@ -567,6 +718,14 @@ def summary_markdown(
         f"Embeddings and preprocessed profiles: [{ADATA_H5AD}]({ADATA_H5AD}); table: [{RESULTS_CSV}]({RESULTS_CSV})."
     )
     return "\n".join(lines) + "\n"
+
+
+def _trained_share(training: Mapping) -> str:
+    """How much of each epoch CellPainTR trained, and why."""
+    fraction, budget = float(training["fraction_of_each_epoch"]), float(training["time_budget_s"])
+    if fraction == 1:
+        return f"whole epochs (estimated {_minutes(float(training['estimated_s']))}, budget {_minutes(budget)})"
+    return f"{fraction:.0%} of each epoch's minibatches to fit the time budget of {_minutes(budget)}"
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

@@ -12,7 +12,16 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ._report import METHODS, CellPainTRSettings, CWAMSNSettings, ReportConfig, parse_methods
+from ._report import (
+    CPU_TIME_BUDGET,
+    GPU_TIME_BUDGET,
+    METHODS,
+    CellPainTRSettings,
+    CWAMSNSettings,
+    ReportConfig,
+    parse_methods,
+)
+from .io._profiles import _SUFFIXES as PROFILE_SUFFIXES
 
 logger = logging.getLogger("cpembed")
 
@@ -24,28 +33,48 @@ USER_ERRORS = (OSError, KeyError, TypeError, ValueError)
 QUICK_NULL_SIZE = 1000
 #: BBBC021's concentration column: with it, ``cpembed run`` on the bundled data adds NSC / NSCB MoA accuracy.
 BBBC021_CONCENTRATION_KEY = "Metadata_Concentration"
+#: Key options and what each names; omitted, they take BBBC021's column names (:class:`ReportConfig`).
+KEY_OPTIONS = {
+    "batch_key": "obs column of the batch/source to correct",
+    "plate_key": "obs column of the plate",
+    "perturbation_key": "obs column of the perturbation",
+    "control_key": "boolean obs column, True for controls",
+    "moa_key": "obs column of the MoA; 'none' to score perturbations",
+    "well_key": "obs column of the well position; 'none' if absent",
+}
+#: Input files ``cpembed run`` reads: profile tables, or an AnnData.
+INPUT_SUFFIXES = (*PROFILE_SUFFIXES, ".h5ad")
+#: What ``cpembed --help`` says (plain text: argparse prints it as written).
+DESCRIPTION = "cpembed run: preprocess, embed, benchmark and report a Cell Painting profile table."
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of every option that has one (not of flags, nor of options whose default is None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cpembed``."""
-    parser = argparse.ArgumentParser(prog="cpembed", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cpembed", description=DESCRIPTION, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
         help="preprocess, embed and benchmark profiles; write a report folder",
         description="Preprocess profiles (JUMP recipe), embed them with baselines and CellPainTR (and CWA-MSN on "
         "images), score every embedding and write a report folder. Without INPUT the bundled BBBC021 profiles are "
-        "used; the key defaults are BBBC021's column names.",
+        "used. The key options default to BBBC021's column names; on your own INPUT a notice names each default "
+        "used, so pass the keys of your table.",
+        formatter_class=_HelpFormatter,
     )
     defaults = ReportConfig()
-    run.add_argument("input", nargs="?", type=Path, help="profile table: .csv, .csv.gz, .parquet or .h5ad")
+    run.add_argument("input", nargs="?", type=Path, help=f"profile table: {', '.join(INPUT_SUFFIXES)}")
     run.add_argument("--out", type=Path, required=True, help="report folder to write")
-    run.add_argument("--batch-key", default=defaults.batch_key, help="obs column of the batch/source to correct")
-    run.add_argument("--plate-key", default=defaults.plate_key, help="obs column of the plate")
-    run.add_argument("--perturbation-key", default=defaults.perturbation_key, help="obs column of the perturbation")
-    run.add_argument("--control-key", default=defaults.control_key, help="boolean obs column, True for controls")
-    run.add_argument("--moa-key", default=defaults.moa_key, help="obs column of the MoA; 'none' to score perturbations")
-    run.add_argument("--well-key", default=defaults.well_key, help="obs column of the well position; 'none' if absent")
+    for name, text in KEY_OPTIONS.items():
+        run.add_argument(_option(name), default=None, help=f"{text} (default: {getattr(defaults, name)}, BBBC021's)")
     run.add_argument(
         "--concentration-key",
         default=None,
@@ -60,11 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--images", type=Path, default=None, help="image AnnData (.h5ad with an image store) for CWA-MSN")
     run.add_argument("--quick", action="store_true", help="tiny CellPainTR and a small mAP null: a fast check run")
+    run.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="minutes CellPainTR may train; a longer schedule trains a share of each epoch's minibatches, with the "
+        f"estimate logged before training (default: {CPU_TIME_BUDGET / 60:g} on a CPU, {GPU_TIME_BUDGET / 60:g} on a "
+        "GPU)",
+    )
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of PCA, Harmony, CellPainTR and UMAP")
     run.add_argument("--n-jobs", type=int, default=defaults.n_jobs, help="workers of the benchmark's classifiers")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars (the log stays)")
     run.add_argument("--debug", action="store_true", help="show the full traceback of an error in the input too")
     return parser
+
+
+def _option(name: str) -> str:
+    """The command-line option of a :class:`ReportConfig` field: ``batch_key`` -> ``--batch-key``."""
+    return "--" + name.replace("_", "-")
 
 
 def _methods_argument(text: str) -> tuple[str, ...]:
@@ -145,27 +188,43 @@ def _load(args: argparse.Namespace):
     else:
         adata = _read_input(args.input)
         concentration_key = args.concentration_key
+    keys = _keys(args, notify=args.input is not None)
     methods = args.methods or (*(name for name in METHODS if name != "cwamsn"), *(("cwamsn",) if args.images else ()))
+    time_budget = None if args.time_budget is None else 60 * args.time_budget
     config = ReportConfig(
-        batch_key=args.batch_key,
-        plate_key=args.plate_key,
-        perturbation_key=args.perturbation_key,
-        control_key=args.control_key,
-        moa_key=_optional(args.moa_key),
-        well_key=_optional(args.well_key),
+        **keys,
         concentration_key=concentration_key,
         methods=methods,
         images=args.images,
         seed=args.seed,
         n_jobs=args.n_jobs,
         progress=not args.no_progress,
+        cellpaintr=CellPainTRSettings(time_budget=time_budget),
     )
     if args.quick:
-        config = replace(
-            config, cellpaintr=CellPainTRSettings.tiny(), cwamsn=CWAMSNSettings.tiny(), null_size=QUICK_NULL_SIZE
-        )
+        tiny = replace(CellPainTRSettings.tiny(), time_budget=time_budget)
+        config = replace(config, cellpaintr=tiny, cwamsn=CWAMSNSettings.tiny(), null_size=QUICK_NULL_SIZE)
     logger.info("input: %d wells × %d features", adata.n_obs, adata.n_vars)
     return adata, config
+
+
+def _keys(args: argparse.Namespace, *, notify: bool) -> dict[str, str | None]:
+    """The key options as :class:`ReportConfig` fields; an omitted one takes BBBC021's name (a notice if ``notify``)."""
+    defaults = ReportConfig()
+    keys = {}
+    for name in KEY_OPTIONS:
+        given = getattr(args, name)
+        if given is None:
+            given = getattr(defaults, name)
+            if notify:
+                logger.warning(
+                    "%s not given: using %r, the bundled BBBC021 data's column; pass %s to name your table's column.",
+                    _option(name),
+                    given,
+                    _option(name),
+                )
+        keys[name] = _optional(given)
+    return keys
 
 
 def _read_input(path: Path):
@@ -176,6 +235,8 @@ def _read_input(path: Path):
 
     if not path.is_file():
         raise FileNotFoundError(f"Input file {path} does not exist.")
+    if not path.name.lower().endswith(INPUT_SUFFIXES):
+        raise ValueError(f"Cannot read {path.name!r}: the input must be one of {', '.join(INPUT_SUFFIXES)}.")
     if path.name.lower().endswith(".h5ad"):
         with reading_file(path, "an AnnData .h5ad file"):
             return ad.read_h5ad(path)

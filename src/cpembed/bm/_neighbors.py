@@ -1,31 +1,42 @@
-"""Exact nearest neighbours, computed once per embedding and shared by every graph-based metric.
+"""Nearest neighbours, computed once per embedding and shared by every graph-based metric.
 
 The graph metrics of scib-metrics (graph connectivity, Leiden NMI/ARI, kBET, LISI) all read one neighbour search
 at the largest k they need and take the first k columns each (scib-metrics ``nearest_neighbors/_dataclass.py``).
-:func:`nearest_neighbors` does the search exactly, in blocks of rows, so memory stays linear in the number of wells;
+:func:`nearest_neighbors` searches exactly, in blocks of rows, so memory stays linear in the number of wells, or,
+for large data, approximately with pynndescent (scib-metrics' choice); both give a :class:`NeighborsResult`.
 :attr:`NeighborsResult.connectivities` turns it into the UMAP fuzzy graph that scanpy and scib-metrics cluster on.
 
 References
 ----------
 McInnes, L., Healy, J. & Melville, J. UMAP: Uniform Manifold Approximation and Projection for Dimension Reduction.
 arXiv:1802.03426 (2018).
+
+Dong, W., Charikar, M. & Li, K. Efficient k-nearest neighbor graph construction for generic similarity measures.
+*Proceedings of the 20th International Conference on World Wide Web*, 577–586 (2011) (NN-descent, pynndescent).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from scipy import sparse
 
 from cpembed._validation import check_finite
 
 from ._inputs import power_of_two_scale
 
+if TYPE_CHECKING:
+    import torch
+
 Metric = Literal["euclidean", "cosine"]
+Search = Literal["auto", "exact", "approximate"]
+
+#: Samples above which ``search="auto"`` searches approximately: the exact search's ``O(n²)`` time passes a minute
+#: per embedding on two CPU cores near here, while its results at this size serve as the reference.
+APPROXIMATE_ABOVE = 100_000
 
 #: Rows of the distance matrix held at once (2,048 rows × 50,000 wells of float32 is 400 MB).
 DEFAULT_BLOCK_SIZE = 2048
@@ -160,18 +171,23 @@ def nearest_neighbors(
     n_neighbors: int,
     *,
     metric: Metric = "euclidean",
+    search: Search = "auto",
     block_size: int = DEFAULT_BLOCK_SIZE,
     seed: int = 0,
+    n_jobs: int = 1,
 ) -> NeighborsResult:
-    """Exact k nearest neighbours of every row of ``X``, the row itself first.
+    """K nearest neighbours of every row of ``X``, the row itself first.
 
-    Distances of a block of rows to all rows are formed with one matrix product (float32) and the k smallest are
-    kept, so memory is ``block_size × n`` whatever ``n`` is; the kept distances are then recomputed exactly in
-    float64 and sorted. Exact search makes the graph metrics reproducible, unlike approximate search
-    (pynndescent in scib-metrics), at the cost of ``O(n² d)`` arithmetic: about 10 s for 50,000 wells × 64
-    dimensions on two CPU cores. Rows at equal distance (duplicated wells, a collapsed embedding) are chosen and
-    ordered at random (seeded), independently for every sample, not by row order, which would tie neighbourhoods to
-    how the wells happen to be sorted (e.g. by plate).
+    The exact search forms the distances of a block of rows to all rows with one matrix product (float32) and keeps
+    the k smallest, so memory is ``block_size × n`` whatever ``n`` is, at the cost of ``O(n² d)`` arithmetic: about
+    10 s for 50,000 wells × 64 dimensions on two CPU cores, 16 times that at four times the wells. The approximate
+    search builds pynndescent's NN-descent graph (with the settings scib-metrics and UMAP use), whose time grows
+    about as ``n log n``; it misses a few true neighbours, which moves the aggregate scores of
+    :func:`~cpembed.bm.benchmark` by less than 0.01 on the data of ``benchmarks/bm_speed.py`` (the Leiden ARI, the
+    most sensitive metric, by up to 0.03; see the benchmarks page). Either way the kept distances are then recomputed
+    exactly in float64 and sorted, and rows at equal distance (duplicated wells, a collapsed embedding) are chosen
+    (exact search) and ordered at random (seeded), independently for every sample, not by row order, which would tie
+    neighbourhoods to how the wells happen to be sorted (e.g. by plate).
 
     Parameters
     ----------
@@ -182,10 +198,15 @@ def nearest_neighbors(
     metric
         ``"euclidean"`` (scib-metrics' default) or ``"cosine"`` (``1 - cosine similarity``, the JUMP benchmark's
         choice for its neighbour graphs).
+    search
+        ``"exact"``, ``"approximate"`` (pynndescent) or ``"auto"``: approximate above :data:`APPROXIMATE_ABOVE`
+        samples, exact up to it.
     block_size
-        Rows of the distance matrix formed at once.
+        Rows of the distance matrix formed at once (exact search).
     seed
-        Seed of the order in which equidistant neighbours are chosen; it changes nothing without such ties.
+        Seed of pynndescent's random projection trees, and of the order in which equidistant neighbours are chosen.
+    n_jobs
+        Threads of pynndescent (its neighbours depend on their number); the exact search uses torch's threads.
 
     Returns
     -------
@@ -198,14 +219,10 @@ def nearest_neighbors(
         raise ValueError(f"n_neighbors must be between 1 and the number of samples ({n}), got {n_neighbors}.")
     points, scale = _prepared_points(X, metric)
     rng = np.random.default_rng(seed)
-    points32 = torch.from_numpy(points.astype(np.float32))
-    squared_norms = (points32 * points32).sum(dim=1)
-    indices = np.empty((n, n_neighbors), dtype=np.int64)
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        block = torch.addmm(squared_norms[None, :], points32[start:stop], points32.T, alpha=-2.0)
-        block[torch.arange(stop - start), torch.arange(start, stop)] = -np.inf  # the sample itself comes first
-        indices[start:stop] = _smallest(block, n_neighbors, rng)
+    if resolve_search(search, n) == "exact":
+        indices = _exact_candidates(points, n_neighbors, block_size, rng)
+    else:
+        indices = _approximate_candidates(points, n_neighbors, seed, n_jobs)
     distances = _exact_distances(points, indices, metric) * scale
     order = np.argsort(distances[:, 1:], axis=1, kind="stable") + 1
     order = np.concatenate([np.zeros((n, 1), dtype=np.int64), order], axis=1)
@@ -219,12 +236,69 @@ def nearest_neighbors(
     return NeighborsResult(np.take_along_axis(indices, order, 1), sorted_distances)
 
 
+def resolve_search(search: Search, n_samples: int) -> Literal["exact", "approximate"]:
+    """The search ``search`` stands for on ``n_samples`` samples (``"auto"`` resolved), or a ValueError."""
+    if search not in ("auto", "exact", "approximate"):
+        raise ValueError(f"search must be 'auto', 'exact' or 'approximate', got {search!r}.")
+    if search == "auto":
+        return "approximate" if n_samples > APPROXIMATE_ABOVE else "exact"
+    return search
+
+
+def _exact_candidates(points: np.ndarray, k: int, block_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``k`` nearest rows of every row (itself first), from float32 distance blocks."""
+    import torch
+
+    n = points.shape[0]
+    points32 = torch.from_numpy(points.astype(np.float32))
+    squared_norms = (points32 * points32).sum(dim=1)
+    indices = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        block = torch.addmm(squared_norms[None, :], points32[start:stop], points32.T, alpha=-2.0)
+        block[torch.arange(stop - start), torch.arange(start, stop)] = -np.inf  # the sample itself comes first
+        indices[start:stop] = _smallest(block, k, rng)
+    return indices
+
+
+def _approximate_candidates(points: np.ndarray, k: int, seed: int, n_jobs: int) -> np.ndarray:
+    """About the ``k`` nearest rows of every row (itself first), from pynndescent's NN-descent graph.
+
+    Euclidean distances of the prepared points order neighbours as the metric does (cosine points are unit vectors).
+    The index settings are those of scib-metrics' ``pynndescent`` (taken from UMAP). NN-descent may list a row's
+    duplicate before the row itself, or leave the row out: it is put first, and the others follow in their order.
+    """
+    from pynndescent import NNDescent
+
+    n = points.shape[0]
+    index = NNDescent(
+        points.astype(np.float32),
+        n_neighbors=k,
+        metric="euclidean",
+        random_state=seed,
+        n_jobs=n_jobs,
+        low_memory=True,
+        compressed=False,
+        n_trees=min(64, 5 + round(n**0.5 / 20)),
+        n_iters=max(5, round(np.log2(n))),
+        max_candidates=60,
+    )
+    found = index.neighbor_graph[0]
+    if (found < 0).any():
+        raise ValueError("The approximate search found fewer neighbours than asked for: use search='exact'.")
+    rows = np.arange(n)[:, None]
+    others = np.take_along_axis(found, np.argsort(found == rows, axis=1, kind="stable"), 1)[:, : k - 1]
+    return np.concatenate([rows, others], axis=1).astype(np.int64)
+
+
 def _smallest(block: torch.Tensor, k: int, rng: np.random.Generator) -> np.ndarray:
     """Columns of the ``k`` smallest values of each row; where values tied with the k-th are left out, a random draw.
 
     ``torch.topk`` keeps tied columns in an order of its own, which would send every well of a collapsed embedding to
     the same few neighbours.
     """
+    import torch
+
     searched = min(k + 1, block.shape[1])  # one more than needed shows whether a tie crosses the k-th place
     values, columns = torch.topk(block, searched, dim=1, largest=False)
     columns = columns[:, :k].contiguous().numpy()

@@ -34,14 +34,6 @@ RECORD_KEY = "cpe_umap"
 MIN_WELLS = 4
 
 
-def umap_key(basis: str) -> str:
-    """Return the ``.obsm`` key under which :func:`umap` stores the UMAP of ``basis``.
-
-    The features (``"X"``) get ``X_features_umap``, so that scanpy's ``X_umap`` is never read or overwritten.
-    """
-    return "X_features_umap" if basis == "X" else f"{basis}_umap"
-
-
 def _basis_matrix(adata: AnnData, basis: str) -> np.ndarray:
     """The embedding as the float32 array UMAP reads, or an error naming it when it is unusable."""
     data = get_finite_matrix(adata, obsm_key=basis)
@@ -55,9 +47,9 @@ def _basis_matrix(adata: AnnData, basis: str) -> np.ndarray:
 
 
 def _record(data: np.ndarray, basis: str, n_neighbors: int, random_state: int) -> dict:
-    """What a UMAP was computed from: the basis, its values (a checksum) and the UMAP's settings."""
+    """What a UMAP was computed from: its parameters (basis and settings) and a checksum of the basis values."""
     checksum = hashlib.sha256(np.ascontiguousarray(data).tobytes() + str(data.shape).encode()).hexdigest()
-    return {"basis": basis, "checksum": checksum, "n_neighbors": n_neighbors, "random_state": random_state}
+    return {"params": {"basis": basis, "n_neighbors": n_neighbors, "random_state": random_state}, "checksum": checksum}
 
 
 def compute_umap(adata: AnnData, basis: str, *, n_neighbors: int = 15, random_state: int = 0) -> np.ndarray:
@@ -138,7 +130,7 @@ def umap(
     *,
     control_key: str | None = None,
     titles: str | Sequence[str] | None = None,
-    store: bool = True,
+    key_added: str | Sequence[str] | None = None,
     n_neighbors: int = 15,
     random_state: int = 0,
     point_size: float | None = None,
@@ -167,14 +159,15 @@ def umap(
         control wells carry (``"DMSO"``) are drawn in :data:`CONTROL_COLOR` in every row.
     titles
         Column titles; default: the basis names.
-    store
-        Whether a UMAP that had to be computed is kept in ``adata.obsm[<basis>_umap]`` (``X_features_umap`` for
-        ``"X"``), with what it was computed from (the basis, a checksum of its values, ``n_neighbors`` and
-        ``random_state``) in ``adata.uns["cpe_umap"][<that key>]``; the next call reuses it only if all of these
-        still match, and recomputes it otherwise. These two entries are the only things this function writes; an
-        ``.obsm`` key it did not write (e.g. a UMAP of another graph) is never read nor overwritten.
+    key_added
+        ``None`` (default): the UMAPs are computed for the figure and nothing of ``adata`` changes. Otherwise the
+        ``.obsm`` key of each basis's UMAP, one per basis (e.g. ``"X_pca_umap"``): a UMAP stored there by an earlier
+        call is reused if what it was computed from still matches, else it is computed and stored, with its record
+        (``{"params": {"basis", "n_neighbors", "random_state"}, "checksum": <of the basis values>}``) in
+        ``adata.uns["cpe_umap"][<key>]``. Those two entries are the only things this function writes; an ``.obsm``
+        key it did not write (e.g. scanpy's ``X_umap``) is never read nor overwritten.
     n_neighbors, random_state
-        Passed to the UMAP of each embedding that has no matching stored UMAP.
+        Passed to the UMAP of each embedding that has no matching stored UMAP (scanpy's neighbours and layout).
     point_size
         Marker size; default scales with the number of wells.
     panel_size
@@ -201,9 +194,17 @@ def umap(
     titles = _as_list(titles) if titles is not None else basis
     if len(titles) != len(basis):
         raise ValueError(f"Got {len(titles)} titles for {len(basis)} embeddings.")
+    keys = [None] * len(basis) if key_added is None else _as_list(key_added)
+    if len(keys) != len(basis):
+        raise ValueError(f"Got {len(keys)} keys in key_added for {len(basis)} embeddings: pass one per basis.")
     coordinates = {}
-    for name in basis:  # a loop, not a comprehension, so that warnings point at the caller
-        coordinates[name] = _cached_umap(adata, name, store=store, n_neighbors=n_neighbors, random_state=random_state)
+    for name, key in zip(basis, keys, strict=True):  # a loop, not a comprehension, so that warnings point at the caller
+        data = _basis_matrix(adata, name)
+        settings = {"n_neighbors": n_neighbors, "random_state": random_state}
+        if key is None:
+            coordinates[name] = _umap_of(data, **settings)
+        else:
+            coordinates[name] = _stored_umap(adata, data, name, key, **settings)
 
     size = point_size if point_size is not None else max(120_000 / adata.n_obs, 2.0) / 10
     fig, axes = plt.subplots(
@@ -234,25 +235,23 @@ def _as_list(names: str | Sequence[str]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def _cached_umap(adata: AnnData, basis: str, *, store: bool, n_neighbors: int, random_state: int) -> np.ndarray:
-    """The UMAP of ``basis``: the stored one if its record matches ``basis`` as it is now, else a new one.
+def _stored_umap(
+    adata: AnnData, data: np.ndarray, basis: str, key: str, *, n_neighbors: int, random_state: int
+) -> np.ndarray:
+    """The UMAP of ``basis`` from ``adata.obsm[key]`` if its record matches ``data``, else a new one stored there.
 
-    A new one is stored when ``store`` and the key is free or was written here.
+    A new one is stored when the key is free or was written here; a key written by anything else is left alone.
     """
-    key = umap_key(basis)
-    data = _basis_matrix(adata, basis)
     record = _record(data, basis, n_neighbors, random_state)
     records = adata.uns.get(RECORD_KEY, {})
     owned = key in records
-    if key in adata.obsm and owned and dict(records[key]) == record:
+    if key in adata.obsm and owned and _as_plain(records[key]) == record:
         return np.asarray(adata.obsm[key])
     coordinates = _umap_of(data, n_neighbors=n_neighbors, random_state=random_state)
-    if not store:
-        return coordinates
     if key in adata.obsm and not owned:
         warnings.warn(
             f"adata.obsm[{key!r}] was not written by cpembed.pl.umap, so it is neither shown nor replaced: the UMAP "
-            f"of {basis!r} was computed afresh and not stored. Rename that entry to store it.",
+            f"of {basis!r} was computed afresh and not stored. Pass another key_added to store it.",
             UserWarning,
             stacklevel=3,
         )
@@ -261,6 +260,11 @@ def _cached_umap(adata: AnnData, basis: str, *, store: bool, n_neighbors: int, r
     adata.uns[RECORD_KEY] = {**records, key: record}
     logger.info("added UMAP of %r in adata.obsm[%r] and its record in adata.uns[%r]", basis, key, RECORD_KEY)
     return coordinates
+
+
+def _as_plain(record) -> dict:
+    """A record as nested plain dicts (an ``.h5ad`` round trip may return other mappings)."""
+    return {name: _as_plain(value) if hasattr(value, "items") else value for name, value in record.items()}
 
 
 def _legend(ax, palette: dict[str, str], max_entries: int = 20) -> None:

@@ -116,6 +116,13 @@ def variation_filter(
     """
     check_in_memory(adata, copy=copy)
     failing = variation_failures(get_finite_matrix(adata), freq_cut=freq_cut, unique_cut=unique_cut)
+    check_variation_loss(failing, freq_cut, unique_cut)
+    keep = ~failing.any(axis=0)
+    return filter_features(adata, keep, "variation_filter", {"freq_cut": freq_cut, "unique_cut": unique_cut}, copy=copy)
+
+
+def check_variation_loss(failing: np.ndarray, freq_cut: float, unique_cut: float) -> None:
+    """Refuse what :func:`variation_filter` refuses; ``failing`` is rules × features, the ``freq_cut`` rule first."""
     check_filter_loss(
         failing,
         [f"freq_cut={freq_cut}", f"unique_cut={unique_cut}"],
@@ -124,8 +131,6 @@ def variation_filter(
         step="variation_filter",
         advice="Lower that threshold, or check that adata.X holds varying values in enough wells.",
     )
-    keep = ~failing.any(axis=0)
-    return filter_features(adata, keep, "variation_filter", {"freq_cut": freq_cut, "unique_cut": unique_cut}, copy=copy)
 
 
 def check_min_coef_var(min_coef_var: float) -> None:
@@ -229,7 +234,21 @@ def control_variation_filter(
     plate_names, failing = control_variation_failures(
         get_finite_matrix(adata), plates, controls, min_coef_var=min_coef_var
     )
-    n_controls = np.unique(plates[controls], return_counts=True)[1]  # every plate has one, as checked above
+    check_control_variation_loss(failing, plate_names, plates[controls], min_coef_var)
+    keep = ~failing.any(axis=0)
+    params = {"plate_key": plate_key, "control_key": control_key, "control_value": control_value}
+    return filter_features(adata, keep, "control_variation_filter", {**params, "min_coef_var": min_coef_var}, copy=copy)
+
+
+def check_control_variation_loss(
+    failing: np.ndarray, plate_names: np.ndarray, control_plates: np.ndarray, min_coef_var: float
+) -> None:
+    """Refuse what :func:`control_variation_filter` refuses.
+
+    ``failing`` is plates × features, the plates named by ``plate_names``; ``control_plates`` holds the plate of
+    every control well.
+    """
+    n_controls = np.unique(control_plates, return_counts=True)[1]  # every plate has one, as checked before
     check_filter_loss(
         failing,
         plate_names,
@@ -240,6 +259,3 @@ def control_variation_filter(
         f"drop the plate, name coarser groups with `plate_key` (e.g. the batch), or lower min_coef_var={min_coef_var}.",
         notes=[f" ({count} control well{'s' if count > 1 else ''})" for count in n_controls],
     )
-    keep = ~failing.any(axis=0)
-    params = {"plate_key": plate_key, "control_key": control_key, "control_value": control_value}
-    return filter_features(adata, keep, "control_variation_filter", {**params, "min_coef_var": min_coef_var}, copy=copy)
