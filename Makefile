@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= results/bbbc021
 
-.PHONY: install test run lint docs
+.PHONY: install test test-all run lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# Two test tiers: `make test` skips the tests marked slow (training, the report, the notebooks) and takes about two
+# minutes; `make test-all` runs the whole suite, as continuous integration does.
 test: install lint
 	$(PY) -m pytest
+
+test-all: install lint
+	$(PY) -m pytest --runslow
 
 run: install
 	$(VENV)/bin/cpembed run --out $(OUT)

@@ -13,6 +13,26 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 HEAVY_MODULES = ["scanpy", "anndata", "scvi", "lightning", "pandas"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--runslow``, which runs the tests marked ``slow`` too."""
+    parser.addoption(
+        "--runslow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (training, reports, notebooks)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``slow`` unless ``--runslow`` is given (the full suite), as scvi-tools' tests do."""
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
 @pytest.fixture
 def run_benchmark_torch_only():
     """Run ``benchmarks/<name>`` as ``python benchmarks/<name> ARGS`` does, with the heavy dependencies blocked.

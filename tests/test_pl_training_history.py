@@ -65,6 +65,7 @@ def test_reads_history_of_a_model_object_and_plain_loss_lists():
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_trained_cellpaintr_on_real_data(tmp_path):
     from cpembed.model import CellPainTR
 

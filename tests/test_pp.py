@@ -191,6 +191,7 @@ def test_control_variation_filter_matches_pandas_groupby(bbbc021):
 # ---------------------------------------------------------------------------------------- normalize_to_controls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mad_robustize", "standardize"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_normalize_to_controls_matches_pycytominer_per_plate(bbbc021, pycytominer_normalized, method, dtype):

@@ -39,6 +39,7 @@ def embedded(profiles) -> ad.AnnData:
     return cpe.tl.cellpaintr(profiles, **KEYS, model_kwargs=TINY_MODEL, stage_embeddings=True, copy=True, **TINY_TRAIN)
 
 
+@pytest.mark.slow
 def test_copy_returns_new_object_and_leaves_input_untouched(profiles, embedded):
     assert embedded is not profiles
     assert "X_cellpaintr" not in profiles.obsm
@@ -48,6 +49,7 @@ def test_copy_returns_new_object_and_leaves_input_untouched(profiles, embedded):
     np.testing.assert_array_equal(profiles.X, embedded.X)
 
 
+@pytest.mark.slow
 def test_writes_final_and_stage_embeddings_and_params(profiles, embedded):
     keys = ["X_cellpaintr", "X_cellpaintr_stage1", "X_cellpaintr_stage2", "X_cellpaintr_stage3"]
     assert set(keys) <= set(embedded.obsm)
@@ -77,6 +79,7 @@ def test_auto_preset_follows_labels_shared_across_sources(profiles):
         cpe.tl.cellpaintr(profiles, **KEYS, preset="best", copy=True)
 
 
+@pytest.mark.slow
 def test_given_model_embeds_in_place(profiles):
     adata = profiles.copy()
     torch.manual_seed(0)
@@ -111,6 +114,7 @@ def test_refuses_nonfinite_profiles_before_training(profiles, bad):
     assert "X_cellpaintr" not in adata.obsm
 
 
+@pytest.mark.slow
 def test_refuses_nonfinite_profiles_given_a_model(profiles):
     adata_train = profiles.copy()
     cpe.model.CellPainTR.setup_anndata(adata_train, **KEYS)

@@ -60,6 +60,7 @@ def test_stored_notebook_has_parameters_outputs_and_small_images(path):
     assert max(len(png) for png in pngs) <= MAX_PNG_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_with_quick_settings(path):
     notebook = load_executor().execute(path, quick=True, timeout=600)

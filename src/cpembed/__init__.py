@@ -6,7 +6,9 @@ baselines, CellPainTR, CWA-MSN), :mod:`cpembed.pl` (plots), :mod:`cpembed.bm` (b
 :mod:`cpembed.model` (scvi-tools style model classes).
 
 Submodules are imported on first access (``cpe.pp``), so ``import cpembed.module`` needs torch alone and
-scvi-tools, which is slow to import, loads only when a model is used.
+scvi-tools, which is slow to import, loads only when a model is used. :mod:`cpembed.pp`, :mod:`cpembed.tl` and
+:mod:`cpembed.bm` import torch, Lightning, scvi-tools and scanpy inside the functions that use them, so that
+preprocessing and scoring embeddings never wait for the deep-learning stack to load.
 """
 
 from importlib import import_module

@@ -13,8 +13,6 @@ Breiman, L. Random forests. *Machine Learning* 45, 5–32 (2001).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
 
 from cpembed._validation import check_finite, check_result_finite
 
@@ -52,6 +50,9 @@ def classifier_f1(
     -------
     The support-weighted F1 score on the held-out samples.
     """
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
+
     X = np.asarray(X)
     check_finite(X, "X")
     with np.errstate(over="ignore"):

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from ._inputs import per_sample
 from ._neighbors import NeighborsResult
@@ -76,6 +75,7 @@ def leiden_nmi_ari(
     NMI and ARI (clipped at 0, unlike scib-metrics) of the best clustering, and its resolution.
     """
     from joblib import Parallel, delayed, effective_n_jobs
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     labels = per_sample(labels, neighbors.n_samples, "labels")
     graph = neighbors.connectivities

@@ -27,7 +27,6 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from scipy.stats import false_discovery_control
 from threadpoolctl import threadpool_limits
 
 from ._inputs import power_of_two_scale, validated_arrays
@@ -381,6 +380,8 @@ def _random_subsets(rng: np.random.Generator, n: int, k: int, size: int) -> np.n
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values (copairs uses statsmodels ``multipletests(method="fdr_bh")``)."""
+    from scipy.stats import false_discovery_control
+
     p_values = np.asarray(p_values, dtype=np.float64)
     if p_values.size == 0:
         return p_values

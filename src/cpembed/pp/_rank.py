@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from cpembed._validation import check_in_memory, get_finite_matrix
 
@@ -54,7 +54,7 @@ def average_ranks(matrix: np.ndarray) -> np.ndarray:
 def blom_scores(n: int, c: float = 3 / 8) -> np.ndarray:
     """Normal scores ``Φ⁻¹((r - c) / (n - 2c + 1))`` for the ranks ``r = 1, 1.5, 2, …, n`` (index ``2r - 2``)."""
     ranks = np.arange(2 * n - 1) / 2 + 1
-    return norm.ppf((ranks - c) / (n - 2 * c + 1))
+    return ndtri((ranks - c) / (n - 2 * c + 1))
 
 
 def rank_inverse_normal_array(matrix: np.ndarray, *, c: float = 3 / 8) -> np.ndarray:
