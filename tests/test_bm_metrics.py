@@ -273,7 +273,7 @@ def test_kernels_do_not_depend_on_the_unit_of_distance(neighbors, bbbc021):
 
 
 def test_leiden_ari_below_chance_scores_zero(neighbors, bbbc021, monkeypatch):
-    monkeypatch.setattr(bm._leiden, "adjusted_rand_score", lambda labels, clusters: -0.0005)
+    monkeypatch.setattr("sklearn.metrics.adjusted_rand_score", lambda labels, clusters: -0.0005)
     assert bm.leiden_nmi_ari(neighbors.subset(15), bbbc021["moa"], resolutions=(1.0,)).ari == 0.0
 
 
