@@ -87,7 +87,10 @@ def fit(plan: LightningModule, datamodule: LightningDataModule, **trainer_kwargs
     """Fit ``plan`` on ``datamodule`` with a :class:`scvi.train.Trainer` built from ``trainer_kwargs``.
 
     The trainer is built and run inside :func:`library_messages`, so its output is the progress bar of the stage.
+    Without a ``logger`` argument nothing is logged to disk (scvi-tools' default logger would write a
+    ``lightning_logs`` folder into the working directory); both models record their losses in ``history_``.
     """
+    trainer_kwargs.setdefault("logger", False)
     with library_messages():
         trainer = Trainer(**trainer_kwargs)
         trainer.fit(plan, datamodule)
