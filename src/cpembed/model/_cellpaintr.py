@@ -27,6 +27,7 @@ from ._data import WellDataModule, WellDataset, feature_matrix, iter_row_chunks,
 from ._random_state import seeded_torch_random
 from ._registration import RegisteredModel, register_fields
 from ._samplers import BlockShuffleBatchSampler, PKBatchSampler
+from ._save_load import ADATA_FILE, MODEL_FILE, check_save_folder
 from ._state import cpu_state_dict
 from ._trainer import fit, raise_stopped, training_device
 from ._training_plan import PRESET_STAGES, CellPainTRTrainingPlan, StageConfig
@@ -45,10 +46,6 @@ PROJECTION_SAMPLE = 20_000
 
 #: Attributes that training changes besides the weights; a failed or interrupted training restores them.
 TRAINING_STATE = ("stage_states_", "history_", "training_preset_", "is_trained_", "_added_sources", "init_params_")
-
-#: File names of a saved model (scvi-tools' ``SAVE_KEYS``), after the prefix.
-MODEL_FILE = "model.pt"
-ADATA_FILE = "adata.h5ad"
 
 
 class _CellPainTRNetwork(CellPainTRModule):
@@ -617,19 +614,7 @@ class CellPainTR(RegisteredModel):
             Passed to :meth:`scvi.model.base.BaseModelClass.save` (``save_anndata``, ...).
         """
         folder = Path(dir_path)
-        if folder.exists():
-            if not overwrite:
-                raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it.")
-            others = [
-                entry.name
-                for entry in (folder.iterdir() if folder.is_dir() else [folder])
-                if not entry.name.endswith((MODEL_FILE, ADATA_FILE))
-            ]
-            if others:
-                raise FileExistsError(
-                    f"{folder} holds files that are not a saved model ({others[:5]}), which overwrite=True would "
-                    "delete; save into a new or empty folder."
-                )
+        check_save_folder(folder, overwrite)
         with staged_folder(folder) as staging:
             super().save(str(staging), prefix=prefix, overwrite=True, **kwargs)
 

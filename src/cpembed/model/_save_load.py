@@ -18,6 +18,7 @@ import torch
 
 from .._files import staged_folder
 
+#: File names of a saved model (scvi-tools' ``SAVE_KEYS``), after the prefix.
 MODEL_FILE = "model.pt"
 ADATA_FILE = "adata.h5ad"
 _ARRAY, _FRAME = "__ndarray__", "__dataframe__"
@@ -53,17 +54,12 @@ def decode(value: Any) -> Any:
     return value
 
 
-def save_model(
-    model, dir_path: str | Path, prefix: str | None, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
-) -> None:
-    """Write ``model`` (an scvi-tools model) to the folder ``dir_path``, whole or not at all.
+def check_save_folder(folder: Path, overwrite: bool) -> None:
+    """Raise a FileExistsError when a save may not replace ``folder``.
 
-    The weights, the feature names and every attribute whose name ends in ``_`` (scvi-tools' rule) go to
-    ``<prefix>model.pt``; with ``save_anndata`` the model's AnnData goes to ``<prefix>adata.h5ad``. The files are
-    written to a temporary folder that replaces ``dir_path`` at the end, so a failed save leaves it as it was.
-    ``overwrite`` replaces an existing ``dir_path``, which must then hold saved models only.
+    That is when ``folder`` exists and ``overwrite`` is off, or when it holds files that are not saved models, which
+    the save would delete (it replaces the folder as a whole).
     """
-    folder, file_prefix = Path(dir_path), prefix or ""
     if folder.exists():
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it.")
@@ -77,6 +73,20 @@ def save_model(
                 f"{folder} holds files that are not a saved model ({others[:5]}), which overwrite=True would "
                 "delete; save into a new or empty folder."
             )
+
+
+def save_model(
+    model, dir_path: str | Path, prefix: str | None, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
+) -> None:
+    """Write ``model`` (an scvi-tools model) to the folder ``dir_path``, whole or not at all.
+
+    The weights, the feature names and every attribute whose name ends in ``_`` (scvi-tools' rule) go to
+    ``<prefix>model.pt``; with ``save_anndata`` the model's AnnData goes to ``<prefix>adata.h5ad``. The files are
+    written to a temporary folder that replaces ``dir_path`` at the end, so a failed save leaves it as it was.
+    ``overwrite`` replaces an existing ``dir_path``, which must then hold saved models only.
+    """
+    folder, file_prefix = Path(dir_path), prefix or ""
+    check_save_folder(folder, overwrite)
     attributes = {name: value for name, value in vars(model).items() if name.endswith("_") and name[0] != "_"}
     content = {
         "model_state_dict": {name: tensor.detach().cpu() for name, tensor in model.module.state_dict().items()},
