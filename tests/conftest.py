@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run the test with torch on one thread (tiny models run fastest so on a shared CPU), then restore the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def run_benchmark_torch_only():
     """Run ``benchmarks/<name>`` as ``python benchmarks/<name> ARGS`` does, with the heavy dependencies blocked.
 

@@ -47,13 +47,8 @@ LIBRARY_NOISE = ["litlogger", "GPU available", "TPU available", "does not have m
 SCVI_UNS = {"_scvi_uuid", "_scvi_manager_uuid"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny models run fastest on one thread on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,8 @@ KEYS = {"perturbation_key": "Metadata_Perturbation", "well_key": "Metadata_Well"
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny models run fastest on one thread on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
