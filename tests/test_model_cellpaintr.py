@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import warnings
+from unittest import mock
 
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -121,8 +123,76 @@ def test_save_load_is_exact(trained, saved, profiles):
 def test_mismatched_features_raise(saved, trained, profiles):
     with pytest.raises(ValueError, match="features"):
         CellPainTR.load(str(saved), adata=_setup(profiles[:, 1:]))
-    with pytest.raises(ValueError, match="features"):
-        trained.get_latent_representation(profiles[:, ::-1].copy())
+    renamed = profiles[:, :5].copy()
+    renamed.var_names = [f"feature_{index}" for index in range(5)]
+    with pytest.raises(ValueError, match="None of the 5 features of adata"):
+        trained.get_latent_representation(renamed)
+
+
+def test_features_in_another_order_give_the_same_embedding(trained, profiles):
+    np.testing.assert_array_equal(
+        trained.get_latent_representation(profiles[:, ::-1].copy()), trained.get_latent_representation(profiles)
+    )
+
+
+def _with_unknown_features(adata: ad.AnnData, n: int) -> ad.AnnData:
+    """``adata`` with ``n`` more features the model never saw (random values, Brightfield channel)."""
+    rng = np.random.default_rng(0)
+    extra = ad.AnnData(
+        rng.normal(size=(adata.n_obs, n)).astype(np.float32),
+        obs=adata.obs[[]],
+        var=pd.DataFrame(index=[f"Cells_Intensity_MeanIntensity_Brightfield{index}" for index in range(n)]),
+    )
+    combined = ad.concat([adata, extra], axis=1, merge="first")
+    combined.obs = adata.obs.copy()
+    return combined
+
+
+def test_a_study_with_another_feature_set_is_read_with_the_missing_features_masked(trained, profiles, caplog):
+    """Half of the model's features, shuffled, plus three unknown ones: the embedding is the network's on the
+    model's features with the missing ones masked (computed here on the module directly), unknown ones ignored."""
+    rng = np.random.default_rng(1)
+    kept = rng.permutation(profiles.var_names[::2].to_numpy())
+    study = _with_unknown_features(profiles[:, kept].copy(), 3)
+    with caplog.at_level("INFO", logger="cpembed"):
+        embedding = trained.get_latent_representation(study)
+    assert "20 of the 40 features matched (0 of them by identity), 20 missing and masked, 3 unknown" in caplog.text
+    x = np.zeros(profiles.shape, dtype=np.float32)
+    x[:, ::2] = profiles.X[:, ::2]
+    mask = np.zeros(profiles.shape, dtype=bool)
+    mask[:, 1::2] = True
+    sources = profiles.obs["Metadata_Batch"].cat.codes.to_numpy().astype(np.int64)
+    with torch.inference_mode():
+        expected = trained.module.embed(torch.from_numpy(x), torch.from_numpy(sources), torch.from_numpy(mask))
+    np.testing.assert_allclose(embedding, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embedding, trained.get_latent_representation(profiles), atol=1e-3)
+    match = trained.feature_match(study)
+    assert match.counts() == {"matched": 20, "by_identity": 0, "missing": 20, "unknown": 3}
+
+
+def test_a_loaded_model_embeds_another_feature_set_as_the_trained_one(trained, saved, profiles, tmp_path):
+    folder = tmp_path / "with_data"
+    trained.save(str(folder), save_anndata=True)
+    loaded = CellPainTR.load(str(folder))
+    study = profiles[:, 5:30].copy()
+    np.testing.assert_array_equal(loaded.get_latent_representation(study), trained.get_latent_representation(study))
+    assert loaded.describe() == trained.describe()
+
+
+def test_model_card_lists_sources_features_and_settings(trained, profiles):
+    card = trained.describe()
+    for week in WEEKS:
+        assert f"- {week}: {(profiles.obs['Metadata_Batch'] == week).sum()} wells" in card
+    assert f"## Features ({N_FEATURES})" in card
+    assert "- compartment: Cells 40" in card
+    assert "- measurement: AreaShape 40" in card
+    assert "## Training (contrastive)" in card
+    assert "- stage 2: max_epochs 2, batch_size 32, lr 0.001" in card
+    assert "d_model 8, n_layers 1" in card
+    assert "(not trained)" not in card
+    untrained = CellPainTR(_setup(profiles), **TINY).describe()
+    assert "## Training (not trained)" in untrained
+    assert "- Trained: no" in untrained
 
 
 def test_unseen_source_uses_the_unknown_token(trained, profiles):
@@ -518,3 +588,27 @@ def test_values_beyond_float32_are_refused_not_zeroed(profiles):
     adata.X[3, 2] = 1e39
     with pytest.raises(ValueError, match="beyond float32's range"):
         CellPainTR(_setup(adata), **TINY)
+
+
+@pytest.mark.parametrize("feature_dropout", [(0.0, 0.0), (0.5, 0.5)])
+def test_feature_dropout_masks_that_share_of_single_features(profiles, feature_dropout):
+    """Without channel-wise masks (mask ratio 0) the masked share of the non-zero values is the dropout share."""
+    from cpembed.model._training_plan import CellPainTRTrainingPlan
+
+    model = CellPainTR(_setup(profiles), **TINY)
+    config = StageConfig(max_epochs=1, batch_size=64, lr=1e-3, mask_ratio=(0.0, 0.0), feature_dropout=feature_dropout)
+    plan = CellPainTRTrainingPlan(model.module, model.feature_groups, model.n_sources, config)
+    plan.on_train_start()
+    masks = []
+    forward = model.module.forward
+    with mock.patch.object(model.module, "forward", lambda x, s, mask: masks.append(mask) or forward(x, s, mask)):
+        x = torch.from_numpy(profiles.X[:200])
+        plan.stage_losses({"x": x, "source": torch.zeros(200, dtype=torch.long), "label": torch.zeros(200)})
+    share = masks[0][x != 0].float().mean().item()
+    assert share == pytest.approx(feature_dropout[0], abs=0.03)
+    assert not masks[0][x == 0].any()
+
+
+def test_feature_dropout_range_is_checked():
+    with pytest.raises(ValueError, match="feature_dropout"):
+        StageConfig(max_epochs=1, batch_size=8, lr=1e-3, feature_dropout=(0.2, 1.0))

@@ -583,3 +583,25 @@ def test_similarity_structure_equals_brute_force_and_ignores_scale():
     loss.backward()
     assert embedding.grad is not None
     assert float(similarity_structure_loss(3.0 * reference, reference)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_linear_path_projects_missing_features_as_the_network_predicts_them():
+    """With a reconstruction head that predicts the constant 2.5, a missing feature enters the projection as 2.5, not
+    as the 0 it was read as (the correction is zero before training)."""
+    rng = np.random.default_rng(1)
+    module = tiny_module(n_features=12, linear_path=True, readout="mean").eval()
+    center, components = rng.normal(size=12), np.linalg.qr(rng.normal(size=(12, 4)))[0]
+    module.set_projection(center, components, variance=1.0)
+    with torch.no_grad():
+        module.reconstruction_head[-1].weight.zero_()
+        module.reconstruction_head[-1].bias.fill_(2.5)
+    x = rng.normal(size=(6, 12))
+    missing = np.zeros(12, dtype=bool)
+    missing[[1, 7, 8]] = True
+    read = np.where(missing, 0.0, x)
+    mask = torch.as_tensor(np.broadcast_to(missing, x.shape).copy())
+    embedding = module.embed(torch.as_tensor(read, dtype=torch.float32), torch.zeros(6, dtype=torch.long), mask)
+    expected = (np.where(missing, 2.5, x) - center) @ components
+    np.testing.assert_allclose(embedding.detach().numpy()[:, :4], expected, rtol=1e-5, atol=1e-5)
+    unmasked = module.embed(torch.as_tensor(read, dtype=torch.float32), torch.zeros(6, dtype=torch.long))
+    np.testing.assert_allclose(unmasked.detach().numpy()[:, :4], (read - center) @ components, rtol=1e-5, atol=1e-5)

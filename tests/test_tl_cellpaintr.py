@@ -131,3 +131,18 @@ def test_missing_batch_labels_get_the_message_of_the_other_baselines(profiles):
     adata.obs["Metadata_Batch"] = adata.obs["Metadata_Batch"].astype(object).where(np.arange(adata.n_obs) > 1, None)
     with pytest.raises(ValueError, match=r"adata.obs\['Metadata_Batch'\] has 2 missing batch labels"):
         cpe.tl.cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)
+
+
+def test_trained_model_embeds_another_study_and_records_the_features(profiles):
+    """train_cellpaintr leaves its data untouched; tl.cellpaintr with the model reads a study with part of the
+    features and records the counts in .uns."""
+    adata = profiles.copy()
+    model = cpe.tl.train_cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)
+    assert adata.obsm.keys() == profiles.obsm.keys()
+    assert set(adata.obs) == set(profiles.obs)
+    assert isinstance(model, cpe.model.CellPainTR)
+    assert model.is_trained_
+    study = profiles[:, 10:].copy()
+    cpe.tl.cellpaintr(study, model=model, key_added="X_transfer")
+    assert study.uns["X_transfer"]["features"] == {"matched": 20, "by_identity": 0, "missing": 10, "unknown": 0}
+    np.testing.assert_array_equal(study.obsm["X_transfer"], model.get_latent_representation(study))

@@ -10,7 +10,7 @@ looked up per module; features of modules without a channel (AreaShape, Neighbor
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
@@ -33,25 +33,42 @@ _NUMERIC = re.compile(r"^\d+(of\d+)?$")
 _FIRST_CHANNEL_TOKEN = 3
 
 
+#: Dye names of other pipelines and the Cell Painting channel each is read as by :func:`feature_identities` (matched
+#: without regard to case). Cell Painting images DNA (Hoechst), ER (concanavalin A), RNA (SYTO 14), AGP (phalloidin,
+#: which stains F-actin, plus wheat-germ agglutinin) and Mito (MitoTracker); a pipeline imaging a dye alone, such as
+#: BBBC021's DAPI and phalloidin ("Actin"), is read as the channel that dye belongs to.
+CHANNEL_ALIASES: dict[str, str] = {
+    "DAPI": "DNA",
+    "Hoechst": "DNA",
+    "Actin": "AGP",
+    "Phalloidin": "AGP",
+    "WGA": "AGP",
+    "ConA": "ER",
+    "SYTO14": "RNA",
+    "MitoTracker": "Mito",
+}
+
+
 def _clean_channel(token: str) -> str:
     return "" if _NUMERIC.match(token) else _IMAGE_PREFIX.sub("", token)
+
+
+def _channel_indices(tokens: list[str]) -> list[int]:
+    """Positions in ``tokens`` (a name split on ``"_"``) that hold a channel name, in the name's order."""
+    measurement = tokens[1]
+    positions = _CHANNEL_POSITIONS.get(measurement, ())
+    if measurement == "Location" and _LOCATION_WITH_CHANNEL.match("_".join(tokens[1:])):
+        positions = (-1,)
+    indices = (position if position >= 0 else len(tokens) + position for position in positions)
+    return [index for index in indices if _FIRST_CHANNEL_TOKEN <= index < len(tokens)]
 
 
 def _parse_one(name: str) -> tuple[str, str, str, str]:
     tokens = name.split("_")
     if len(tokens) < 2:
         return "", "", "", ""
-    compartment, measurement = tokens[0], tokens[1]
-    positions = _CHANNEL_POSITIONS.get(measurement, ())
-    if measurement == "Location" and _LOCATION_WITH_CHANNEL.match("_".join(tokens[1:])):
-        positions = (-1,)
-    channels = []
-    for position in positions:
-        index = position if position >= 0 else len(tokens) + position
-        if _FIRST_CHANNEL_TOKEN <= index < len(tokens):
-            channels.append(_clean_channel(tokens[index]))
-    channels += ["", ""]
-    return compartment, measurement, channels[0], channels[1]
+    channels = [_clean_channel(tokens[index]) for index in _channel_indices(tokens)] + ["", ""]
+    return tokens[0], tokens[1], channels[0], channels[1]
 
 
 def parse_feature_names(names: Iterable[str]) -> pd.DataFrame:
@@ -79,3 +96,45 @@ def parse_feature_names(names: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame(
         parsed, index=pd.Index(names, name=None), columns=["compartment", "measurement", "channel", "channel_2"]
     )
+
+
+def feature_identities(names: Iterable[str], channel_aliases: Mapping[str, str] | None = None) -> pd.Index:
+    """What each CellProfiler feature measures, written the same way whatever pipeline named it.
+
+    Two studies name the same measurement differently when their pipelines call the images differently
+    (``Cells_Intensity_MeanIntensity_CorrDNA`` and ``Cells_Intensity_MeanIntensity_DNA``), imaged the dye under another
+    name (``DAPI``) or wrote numbers differently (``Texture_Contrast_DNA_10_00`` and ``..._10_0``). The identity is the
+    name with its channel tokens (found as in :func:`parse_feature_names`) stripped of ``Corr``/``Orig`` and mapped
+    through ``channel_aliases``, and every number written without leading zeros. Names that do not parse keep
+    themselves.
+
+    Parameters
+    ----------
+    names
+        Feature names.
+    channel_aliases
+        Channel name -> the channel it is read as, matched without regard to case; default
+        :data:`CHANNEL_ALIASES`. ``{}`` keeps every channel's own name.
+
+    Returns
+    -------
+    The identities, one per name, in order.
+
+    Examples
+    --------
+    >>> feature_identities(["Nuclei_Texture_Contrast_CorrDAPI_10_00"]).tolist()
+    ['Nuclei_Texture_Contrast_DNA_10_0']
+    """
+    aliases = {
+        key.lower(): value for key, value in (CHANNEL_ALIASES if channel_aliases is None else channel_aliases).items()
+    }
+    identities = []
+    for name in names:
+        tokens = str(name).split("_")
+        if len(tokens) >= 2:
+            for index in _channel_indices(tokens):
+                channel = _clean_channel(tokens[index]) or tokens[index]
+                tokens[index] = aliases.get(channel.lower(), channel)
+            tokens = [str(int(token)) if token.isdigit() else token for token in tokens]
+        identities.append("_".join(tokens))
+    return pd.Index(identities)

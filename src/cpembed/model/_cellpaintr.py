@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
 from cpembed._validation import check_indices, check_layer, check_obs_complete, check_obs_keys
+from cpembed.io import FeatureMatch, match_features, parse_feature_names
 from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
 
@@ -31,6 +33,8 @@ from ._save_load import ADATA_FILE, MODEL_FILE, check_save_folder
 from ._state import cpu_state_dict
 from ._trainer import fit, raise_stopped, training_device
 from ._training_plan import PRESET_STAGES, CellPainTRTrainingPlan, StageConfig
+
+logger = logging.getLogger(__name__)
 
 StageSettings = StageConfig | Mapping[str, object] | None
 
@@ -45,7 +49,15 @@ GRADIENT_CLIP = 1.0
 PROJECTION_SAMPLE = 20_000
 
 #: Attributes that training changes besides the weights; a failed or interrupted training restores them.
-TRAINING_STATE = ("stage_states_", "history_", "training_preset_", "is_trained_", "_added_sources", "init_params_")
+TRAINING_STATE = (
+    "stage_states_",
+    "history_",
+    "training_preset_",
+    "training_settings_",
+    "is_trained_",
+    "_added_sources",
+    "init_params_",
+)
 
 
 class _CellPainTRNetwork(CellPainTRModule):
@@ -160,6 +172,7 @@ class CellPainTR(RegisteredModel):
             self.module.add_sources(len(added_sources))
         self.stage_states_: dict[int, dict] = {}
         self.training_preset_: str | None = None
+        self.training_settings_: dict = {}
         self.history_ = {}
         self._model_summary_string = (
             f"CellPainTR with {adata.n_vars} features, {len(self.source_names)} sources, d_model={d_model}, "
@@ -352,6 +365,13 @@ class CellPainTR(RegisteredModel):
         }
         with self._restored_on_failure():
             self.training_preset_ = preset
+            self.training_settings_ = {
+                "preset": preset,
+                "seed": seed,
+                "source_dropout": source_dropout,
+                "group_wise_loss": group_wise_loss,
+                "stages": {**self.training_settings_.get("stages", {}), **{s: asdict(configs[s]) for s in stages}},
+            }
             for stage in stages:
                 config = configs[stage]
                 make_sampler = self._stage_sampler(stage, data, config, block_size=block_size, seed=seed + stage)
@@ -523,17 +543,23 @@ class CellPainTR(RegisteredModel):
         *,
         stage: Literal[1, 2, 3] | None = None,
         unseen_source: Literal["warn", "raise"] = "warn",
+        channel_aliases: Mapping[str, str] | None = None,
     ) -> np.ndarray:
         """Embed wells: the read-out of the final layer norm, or the PCA projection plus the learned correction.
 
         The read-out is the CLS output (Section 3.1 of the paper) unless the model reads the mean of the feature
         positions; with the linear path the embedding is the projection plus the correction of the read-out.
 
+        ``adata`` may hold another feature set than the training data (another study, another CellProfiler
+        pipeline): its features are matched to the model's by name, then by identity
+        (:func:`cpembed.io.match_features`); the model's features it lacks are masked, as in masked-feature training
+        (with the linear path the projection reads the network's prediction of them), and features the model never
+        saw are ignored. A log line gives the counts (:meth:`feature_match` returns them).
+
         Parameters
         ----------
         adata
-            Wells to embed, with the model's features in the same order; default the training data. May be
-            backed: rows are read in chunks of ``batch_size``.
+            Wells to embed; default the training data. May be backed: rows are read in chunks of ``batch_size``.
         indices
             Rows of ``adata`` to embed (positions in ``[0, n_obs)``); default all.
         batch_size
@@ -544,6 +570,8 @@ class CellPainTR(RegisteredModel):
         unseen_source
             What to do with wells whose source has no token: ``"warn"`` embeds them with the unknown-source token,
             ``"raise"`` raises a ValueError.
+        channel_aliases
+            Channel names read as others when matching features, passed to :func:`cpembed.io.match_features`.
 
         Returns
         -------
@@ -551,7 +579,10 @@ class CellPainTR(RegisteredModel):
         """
         self._check_if_trained(warn=False)
         adata = self.adata if adata is None else adata
-        matrix = self._registered_matrix(adata)
+        match = self.feature_match(adata, channel_aliases)
+        if not match.is_identity:
+            logger.info("CellPainTR embeds %d wells: %s.", adata.n_obs, match.describe())
+        matrix = feature_matrix(adata, self._setup_arg("layer"))
         rows = check_indices(indices, adata.n_obs)
         network = self.module if stage is None else self._stage_network(stage)
         sources = self._source_codes(adata, unseen_source)
@@ -562,10 +593,27 @@ class CellPainTR(RegisteredModel):
         embeddings = np.empty((len(rows), self.init_params_["non_kwargs"]["d_model"]), dtype=np.float32)
         with torch.inference_mode():
             for positions, values in iter_row_chunks(matrix, rows, batch_size or 256):
-                x = torch.from_numpy(values).to(device)
                 source = torch.from_numpy(sources[rows[positions]]).to(device)
-                embeddings[positions] = network.embed(x, source).float().cpu().numpy()
+                x, mask = _as_model_features(values, match)
+                mask = None if mask is None else torch.from_numpy(mask).to(device)
+                embeddings[positions] = (
+                    network.embed(torch.from_numpy(x).to(device), source, mask).float().cpu().numpy()
+                )
         return embeddings
+
+    def feature_match(self, adata: AnnData, channel_aliases: Mapping[str, str] | None = None) -> FeatureMatch:
+        """How the features of ``adata`` map onto the model's (:func:`cpembed.io.match_features`).
+
+        Raises a ValueError when none of them is one of the model's.
+        """
+        match = match_features(self.adata.var_names, adata.var_names, channel_aliases)
+        if match.n_matched == 0:
+            raise ValueError(
+                f"None of the {adata.n_vars} features of adata is one of the model's {self.adata.n_vars} (by name or "
+                f"by identity; e.g. {list(adata.var_names[:3])} against {list(self.adata.var_names[:3])}): there is "
+                "nothing the model can read. Are these CellProfiler features?"
+            )
+        return match
 
     def _stage_network(self, stage: int) -> CellPainTRModule:
         if stage not in self.stage_states_:
@@ -593,6 +641,62 @@ class CellPainTR(RegisteredModel):
         )
         network.load_state_dict(state_dict)
         return network
+
+    # ------------------------------------------------------------------ model card
+
+    def describe(self) -> str:
+        """The model card: what the model was trained on and how, as Markdown text.
+
+        Lists the architecture, the training sources (with their wells) and any added ones, the labels, the
+        features (by compartment, measurement and channel, as :func:`cpembed.io.parse_feature_names` reads them),
+        the training preset with every stage's settings, and each stage's final losses. A saved and loaded model
+        describes itself the same way.
+
+        Returns
+        -------
+        The card; ``print(model.describe())`` shows it.
+        """
+        import cpembed
+
+        params = self.init_params_["non_kwargs"]
+        n_parameters = sum(parameter.numel() for parameter in self.module.parameters())
+        architecture = ", ".join(
+            f"{name} {params[name]}" for name in ("d_model", "n_layers", "d_mlp", "readout", "linear_path")
+        )
+        setup = self.registry_["setup_args"]
+        counts = np.bincount(self._source_codes(self.adata), minlength=len(self._trained_sources))
+        wells = pd.Series(counts[: len(self._trained_sources)], index=self._trained_sources)
+        lines = [
+            "# CellPainTR model card",
+            "",
+            f"- cpembed {cpembed.__version__}; {n_parameters:,} parameters: {architecture}",
+            f"- Trained: {'yes, stages ' + str(sorted(self.stage_states_)) if self.is_trained_ else 'no'}",
+            f"- Source key: {setup['batch_key']!r}; label key: {setup['labels_key']!r} "
+            f"(unlabelled: {setup['unlabeled_category']!r}); layer: {setup['layer']!r}",
+            "",
+            f"## Sources ({len(self._trained_sources)} trained, {len(self._added_sources)} added)",
+            "",
+            *(f"- {source}: {count} wells" for source, count in wells.items()),
+            *(f"- {source}: added with add_source" for source in self._added_sources),
+            "",
+            f"## Features ({self.adata.n_vars})",
+            "",
+        ]
+        parts = parse_feature_names(self.adata.var_names)
+        for column in ("compartment", "measurement", "channel"):
+            counts = parts[column].replace("", "(none)").value_counts()
+            lines.append(f"- {column}: " + ", ".join(f"{value} {count}" for value, count in counts.items()))
+        lines += ["", f"## Training ({self.training_settings_.get('preset', 'not trained')})", ""]
+        settings = {key: value for key, value in self.training_settings_.items() if key != "stages"}
+        lines += [f"- {key}: {value}" for key, value in settings.items()]
+        for stage, config in sorted(self.training_settings_.get("stages", {}).items()):
+            changed = ", ".join(f"{key} {value}" for key, value in config.items())
+            lines.append(f"- stage {stage}: {changed}")
+        for name, history in (self.history_ or {}).items():
+            if len(history):
+                last = history.iloc[-1].drop(["n_batches", "n_skipped"], errors="ignore")
+                lines.append(f"- {name}, last epoch: " + ", ".join(f"{key} {value:.4g}" for key, value in last.items()))
+        return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ saving
 
@@ -675,8 +779,23 @@ def _check_same_features(given: pd.Index, expected: pd.Index) -> None:
         detail = "they are the model's features in another order"
     raise ValueError(
         f"adata has {len(given)} features and the model {len(expected)}: {detail}. Select the model's features in "
-        "its order, adata[:, features] with features = model.adata.var_names (or the saved model's var_names)."
+        "its order, adata[:, features] with features = model.adata.var_names (or the saved model's var_names); "
+        "to embed data with another feature set, pass it to model.get_latent_representation(adata) or "
+        "cpembed.tl.cellpaintr(adata, model=model), which match the features."
     )
+
+
+def _as_model_features(values: np.ndarray, match: FeatureMatch) -> tuple[np.ndarray, np.ndarray | None]:
+    """Wells ``values`` (the study's features) as the model's features, and the mask of those the study lacks.
+
+    The mask is ``None`` when the study has the model's features in its order; missing features read as 0.
+    """
+    if match.is_identity:
+        return values, None
+    found = np.flatnonzero(match.columns >= 0)
+    x = np.zeros((len(values), len(match.reference)), dtype=values.dtype)
+    x[:, found] = values[:, match.columns[found]]
+    return x, np.broadcast_to(match.columns < 0, x.shape).copy()
 
 
 def _check_registered_categories(adata: AnnData, registry: Mapping) -> None:

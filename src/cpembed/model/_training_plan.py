@@ -53,6 +53,10 @@ class StageConfig:
     structure_weight
         Weight of :func:`~cpembed.module.similarity_structure_loss` between the embedding and the network's fixed
         PCA projection of the profiles: keeps the neighbourhoods of PCA while the label objective acts.
+    feature_dropout
+        Range of the share ``q ~ U(low, high)``, drawn per minibatch, of single features masked at random in every
+        well on top of the channel-wise masks: trains the model to embed studies that lack some of its features
+        (:meth:`~cpembed.model.CellPainTR.get_latent_representation` masks the features a study lacks).
     alignment
         What ``objective="align"`` pulls together: ``"sources"``, each source's centroid of a label to the label's
         centroid over sources (a compound is aligned across sources, its spread within a source left alone), or
@@ -71,11 +75,13 @@ class StageConfig:
     correction_weight: float = 0.0
     alignment: Literal["sources", "wells"] = "sources"
     structure_weight: float = 0.0
+    feature_dropout: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
-        low, high = self.mask_ratio
-        if not 0.0 <= low <= high < 1.0:
-            raise ValueError(f"mask_ratio must satisfy 0 <= low <= high < 1, got {self.mask_ratio}.")
+        for name in ("mask_ratio", "feature_dropout"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high < 1.0:
+                raise ValueError(f"{name} must satisfy 0 <= low <= high < 1, got {getattr(self, name)}.")
         if self.max_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("max_epochs must be >= 0, batch_size >= 1 and lr > 0.")
         if not 0 <= self.warmup_epochs <= self.max_epochs:
@@ -213,6 +219,11 @@ class CellPainTRTrainingPlan(LightningModule):
     def _random(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self._generator, device=self.device)
 
+    def _draw(self, bounds: tuple[float, float]) -> float:
+        """A share drawn uniformly between ``bounds``."""
+        low, high = bounds
+        return float(low + (high - low) * self._random(1))
+
     def _drop_sources(self, source: torch.Tensor) -> torch.Tensor:
         if self.source_dropout == 0.0:
             return source
@@ -221,10 +232,13 @@ class CellPainTRTrainingPlan(LightningModule):
 
     def stage_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Masked-feature loss, contrastive loss (when weighted) and their weighted sum for one minibatch."""
-        low, high = self.config.mask_ratio
-        mask_ratio = float(low + (high - low) * self._random(1))
         x = batch["x"]
-        mask = sample_feature_mask(x, mask_ratio, self.feature_groups, generator=self._generator)
+        mask = sample_feature_mask(
+            x, self._draw(self.config.mask_ratio), self.feature_groups, generator=self._generator
+        )
+        if self.config.feature_dropout[1] > 0:
+            dropped = self._draw(self.config.feature_dropout)
+            mask |= sample_feature_mask(x, dropped, None, generator=self._generator)
         output = self.module(x, self._drop_sources(batch["source"]), mask)
         groups = self.feature_groups if self.group_wise_loss else None
         config = self.config

@@ -273,12 +273,23 @@ class CellPainTRModule(nn.Module):
         returned) and the masked-regression head's prediction of every feature.
         """
         hidden = self._encode(x, source, mask)
-        reconstruction = self.reconstruction_head(hidden[:, 1:-1]).squeeze(-1)
-        return {**self._embedding(x, hidden), "reconstruction": reconstruction}
+        return {**self._embedding(x, hidden), "reconstruction": self._reconstruct(hidden)}
 
-    def embed(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """Embedding ``(batch, d_model)`` of unmasked profiles, without running the reconstruction head."""
-        return self._embedding(x, self._encode(x, source, None))["embedding"]
+    def embed(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedding ``(batch, d_model)`` of profiles, some of whose features may be missing.
+
+        ``mask`` (boolean, like ``x``) marks missing features: they get the [MASK] embedding, as in masked-feature
+        training, and with the linear path the projection reads the reconstruction head's prediction of them in place
+        of their values. Without a mask the reconstruction head does not run.
+        """
+        hidden = self._encode(x, source, mask)
+        if mask is not None and self.linear_path:
+            x = torch.where(mask, self._reconstruct(hidden).to(x.dtype), x)
+        return self._embedding(x, hidden)["embedding"]
+
+    def _reconstruct(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The reconstruction head's prediction of every feature, ``(batch, n_features)``."""
+        return self.reconstruction_head(hidden[:, 1:-1]).squeeze(-1)
 
     def _embedding(self, x: torch.Tensor, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """The read-out and, with the linear path, the projection plus the learned correction."""

@@ -1,6 +1,6 @@
 """Embeddings written to ``.obsm``: batch-correction baselines, CellPainTR and CWA-MSN."""
 
-from ._cellpaintr import cellpaintr
+from ._cellpaintr import cellpaintr, train_cellpaintr
 from ._combat import combat
 from ._cwamsn import cwamsn
 from ._handcrafted import handcrafted_features
@@ -8,4 +8,13 @@ from ._harmony import harmony
 from ._segmentation import segment_cells
 from ._sphering import sphering
 
-__all__ = ["cellpaintr", "combat", "cwamsn", "handcrafted_features", "harmony", "segment_cells", "sphering"]
+__all__ = [
+    "cellpaintr",
+    "combat",
+    "cwamsn",
+    "handcrafted_features",
+    "harmony",
+    "segment_cells",
+    "sphering",
+    "train_cellpaintr",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
@@ -39,6 +40,7 @@ def cellpaintr(
     model_kwargs: dict | None = None,
     key_added: str = "X_cellpaintr",
     stage_embeddings: bool = False,
+    channel_aliases: Mapping[str, str] | None = None,
     copy: bool = False,
     **train_kwargs,
 ) -> AnnData | None:
@@ -71,8 +73,12 @@ def cellpaintr(
         shared across sources the contrastive stages can only separate compounds, which costs mechanism-of-action
         structure. ``docs/concepts.md`` gives the measurements behind each choice.
     model
-        A trained model to embed with instead of training one; its setup (keys, layer) is used, and wells of
-        sources it does not know are embedded with its unknown-source token (with a warning).
+        A trained model to embed with instead of training one (from :func:`train_cellpaintr`, or
+        :meth:`~cpembed.model.CellPainTR.load`); its setup (keys, layer) is used. ``adata`` may be another study:
+        wells of sources the model does not know are embedded with its unknown-source token (with a warning), and
+        its features may differ from the model's (another CellProfiler pipeline): they are matched by name, then by
+        identity (:func:`cpembed.io.match_features`), the model's features it lacks are masked and the others
+        ignored; ``.uns[key_added]["features"]`` records the counts.
     model_kwargs
         Architecture passed to :class:`~cpembed.model.CellPainTR` (``d_model``, ``n_layers``, ...).
     key_added
@@ -80,6 +86,8 @@ def cellpaintr(
     stage_embeddings
         Also write the embeddings of the stage snapshots, ``{key_added}_stage1`` ... ``_stage3`` (the paper's
         CellPainTR(1), CellPainTR(2) and the model after stage 3).
+    channel_aliases
+        With ``model``: channel names read as others when matching features (:func:`cpembed.io.match_features`).
     copy
         Return a new AnnData instead of writing to ``adata``.
     **train_kwargs
@@ -88,7 +96,8 @@ def cellpaintr(
     Returns
     -------
     With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x ``d_model``),
-    the stage embeddings on request, and ``adata.uns[key_added]["params"]``.
+    the stage embeddings on request, ``adata.uns[key_added]["params"]`` and ``adata.uns[key_added]["features"]``
+    (features ``"matched"``, ``"by_identity"``, ``"missing"`` and ``"unknown"``, counted against the model's).
 
     Raises
     ------
@@ -98,25 +107,74 @@ def cellpaintr(
     if model is not None and train_kwargs:
         raise ValueError(f"A trained model was given; training arguments {sorted(train_kwargs)} would be ignored.")
     if model is None:
-        check_obs_keys(adata, batch_key, labels_key)
-        check_layer(adata, layer)
-        if batch_key is not None:
-            check_batch_labels(adata, batch_key)
-    get_finite_matrix(adata, layer=layer if model is None else model.registry_["setup_args"]["layer"])
-    if model is None:
-        model, preset = untrained_model(adata, layer, batch_key, labels_key, unlabeled_category, preset, model_kwargs)
-        model.train(preset=preset, **train_kwargs)
+        model = train_cellpaintr(
+            adata,
+            batch_key,
+            labels_key,
+            layer=layer,
+            unlabeled_category=unlabeled_category,
+            preset=preset,
+            model_kwargs=model_kwargs,
+            **train_kwargs,
+        )
+    else:
+        get_finite_matrix(adata, layer=model.registry_["setup_args"]["layer"])
     stage_latents = {}
     if stage_embeddings:
         for stage in STAGES:
             if stage in model.stage_states_:
-                stage_latents[f"{key_added}_stage{stage}"] = model.get_latent_representation(adata, stage=stage)
+                stage_latents[f"{key_added}_stage{stage}"] = model.get_latent_representation(
+                    adata, stage=stage, channel_aliases=channel_aliases
+                )
     architecture = {name: model.init_params_["non_kwargs"][name] for name in ("readout", "linear_path")}
     params = {**model.registry_["setup_args"], **architecture, "stages": sorted(model.stage_states_)}
     if model.training_preset_ is not None:
         params["preset"] = model.training_preset_
-    latent = model.get_latent_representation(adata)
-    return store_embedding(adata, latent, key_added, params, copy=copy, extra_obsm=stage_latents)
+    features = model.feature_match(adata, channel_aliases).counts()
+    latent = model.get_latent_representation(adata, channel_aliases=channel_aliases)
+    return store_embedding(
+        adata, latent, key_added, params, copy=copy, extra_obsm=stage_latents, extra_uns={"features": features}
+    )
+
+
+def train_cellpaintr(
+    adata: AnnData,
+    batch_key: str | None = "source",
+    labels_key: str | None = None,
+    *,
+    layer: str | None = None,
+    unlabeled_category: str | None = None,
+    preset: Literal["auto", "contrastive", "anchored", "paper"] = "auto",
+    model_kwargs: dict | None = None,
+    **train_kwargs,
+) -> CellPainTR:
+    """Train the CellPainTR that :func:`cellpaintr` would train on ``adata``, and return it.
+
+    Use it to embed other studies with the same model, :func:`cellpaintr` with ``model=``, or to save it
+    (:meth:`~cpembed.model.CellPainTR.save`). ``adata`` is not changed.
+
+    Parameters
+    ----------
+    adata, batch_key, labels_key, layer, unlabeled_category, preset, model_kwargs, **train_kwargs
+        As in :func:`cellpaintr`.
+
+    Returns
+    -------
+    The trained model.
+
+    Raises
+    ------
+    ValueError
+        When the features hold NaN or infinite values, or ``batch_key`` has missing labels, before any training.
+    """
+    check_obs_keys(adata, batch_key, labels_key)
+    check_layer(adata, layer)
+    if batch_key is not None:
+        check_batch_labels(adata, batch_key)
+    get_finite_matrix(adata, layer=layer)
+    model, preset = untrained_model(adata, layer, batch_key, labels_key, unlabeled_category, preset, model_kwargs)
+    model.train(preset=preset, **train_kwargs)
+    return model
 
 
 def untrained_model(
