@@ -42,6 +42,7 @@ def test_match_by_name_then_identity_with_missing_and_unknown():
     assert match.columns.tolist() == [1, 0, -1]
     assert match.by_identity == 1
     assert match.missing.tolist() == ["Nuclei_Texture_Contrast_ER_3_0"]
+    assert match.shared.tolist() == reference[:2]
     assert match.unknown.tolist() == ["Cells_Intensity_MeanIntensity_GFP"]
     assert match.counts() == {"matched": 2, "by_identity": 1, "missing": 1, "unknown": 1}
     assert not match.is_identity

@@ -188,6 +188,7 @@ def test_model_card_lists_sources_features_and_settings(trained, profiles):
     assert "- measurement: AreaShape 40" in card
     assert "## Training (contrastive)" in card
     assert "- stage 2: max_epochs 2, batch_size 32, lr 0.001" in card
+    assert "feature_dropout (0.2, 0.6)" in card  # the preset's, kept where the stage settings did not change it
     assert "d_model 8, n_layers 1" in card
     assert "(not trained)" not in card
     untrained = CellPainTR(_setup(profiles), **TINY).describe()
@@ -208,6 +209,12 @@ def test_unseen_source_uses_the_unknown_token(trained, profiles):
     np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="NewLab"):
         trained.get_latent_representation(query, unseen_source="raise")
+    without_sources = query.copy()
+    del without_sources.obs["Metadata_Batch"]
+    with pytest.warns(UserWarning, match="no column 'Metadata_Batch'"):
+        np.testing.assert_array_equal(trained.get_latent_representation(without_sources), embedding)
+    with pytest.raises(KeyError, match="Metadata_Batch"):
+        trained.get_latent_representation(without_sources, unseen_source="raise")
 
 
 def test_add_source_fits_only_its_token(saved, profiles):

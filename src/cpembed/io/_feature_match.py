@@ -38,6 +38,14 @@ class FeatureMatch:
         return int((self.columns >= 0).sum())
 
     @property
+    def shared(self) -> pd.Index:
+        """Reference features the study has, under the reference's names.
+
+        ``reference_adata[:, match.shared]`` reads a reference study through the features the two studies share.
+        """
+        return self.reference[self.columns >= 0]
+
+    @property
     def missing(self) -> pd.Index:
         """Reference features the study lacks."""
         return self.reference[self.columns < 0]

@@ -12,6 +12,7 @@ _EXPORTS = {
     "CONTRASTIVE_STAGES": "_training_plan",
     "CWAMSN": "_cwamsn",
     "PAPER_STAGES": "_training_plan",
+    "PRESET_FEATURE_DROPOUT": "_training_plan",
     "PRESET_STAGES": "_training_plan",
     "CellPainTR": "_cellpaintr",
     "StageConfig": "_training_plan",

@@ -262,6 +262,13 @@ class CellPainTR(RegisteredModel):
         batch_key = self._setup_arg("batch_key")
         if batch_key is None:
             return np.zeros(adata.n_obs, dtype=np.int64)
+        if batch_key not in adata.obs.columns and unseen_source == "warn":
+            warnings.warn(
+                f"adata.obs has no column {batch_key!r} (the model's source key): its wells are taken to come from "
+                "one source not seen in training and embedded with the unknown-source token.",
+                stacklevel=3,
+            )
+            return np.full(adata.n_obs, self.n_sources, dtype=np.int64)
         check_obs_keys(adata, batch_key)
         values = adata.obs[batch_key]
         codes = pd.Index(self.source_names).get_indexer(values)
@@ -569,7 +576,8 @@ class CellPainTR(RegisteredModel):
             uses the current weights (the final model, with any sources added since).
         unseen_source
             What to do with wells whose source has no token: ``"warn"`` embeds them with the unknown-source token,
-            ``"raise"`` raises a ValueError.
+            ``"raise"`` raises a ValueError. A study without the model's source column counts as one unseen source
+            (``"raise"``: KeyError).
         channel_aliases
             Channel names read as others when matching features, passed to :func:`cpembed.io.match_features`.
 

@@ -105,18 +105,28 @@ PAPER_STAGES: dict[int, StageConfig] = {
     3: StageConfig(max_epochs=6, batch_size=64, lr=1e-5),
 }
 
+#: Feature dropout of stages 2-3 of cpembed's presets: the share of single features masked per well is drawn from
+#: this range per minibatch, so that the model embeds studies that lack a third of its features about as well as
+#: those that have them all (``docs/concepts.md`` gives the figures).
+PRESET_FEATURE_DROPOUT = (0.2, 0.6)
+
 #: The "contrastive" preset (cpembed's default where sources share compounds): the paper's stages, plus in stages 2-3
 #: :func:`~cpembed.module.similarity_structure_loss` at weight 1, which keeps the neighbourhoods of a PCA of the
-#: profiles while the contrastive loss pulls a compound's wells together (``docs/concepts.md`` gives the figures).
+#: profiles while the contrastive loss pulls a compound's wells together, and feature dropout
+#: (:data:`PRESET_FEATURE_DROPOUT`) (``docs/concepts.md`` gives the figures).
 CONTRASTIVE_STAGES: dict[int, StageConfig] = {
     1: PAPER_STAGES[1],
-    **{stage: replace(PAPER_STAGES[stage], structure_weight=1.0) for stage in (2, 3)},
+    **{
+        stage: replace(PAPER_STAGES[stage], structure_weight=1.0, feature_dropout=PRESET_FEATURE_DROPOUT)
+        for stage in (2, 3)
+    },
 }
 
 #: The "anchored" preset (for studies in which no compound spans two sources, such as BBBC021's weeks): the network
 #: needs the linear path; stages 2-3 align replicates (``objective="align"``, weight 10), penalising the correction
 #: at weight 1, at lr 1e-4 (the correction starts at zero and must grow within the schedule). Stage 2, whose
 #: minibatches come from one source, pulls replicate wells together; stage 3 aligns each compound's source centroids.
+#: Both use feature dropout (:data:`PRESET_FEATURE_DROPOUT`).
 ANCHORED_STAGES: dict[int, StageConfig] = {
     1: PAPER_STAGES[1],
     **{
@@ -127,6 +137,7 @@ ANCHORED_STAGES: dict[int, StageConfig] = {
             contrastive_weight=10.0,
             correction_weight=1.0,
             alignment=alignment,
+            feature_dropout=PRESET_FEATURE_DROPOUT,
         )
         for stage, alignment in ((2, "wells"), (3, "sources"))
     },
