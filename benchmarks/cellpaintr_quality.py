@@ -63,6 +63,7 @@ VARIANTS = {
     "anchored, CLS read-out": ("anchored", {"readout": "cls"}, {}),
     "anchored, align wells": ("anchored", {}, {"alignment": "wells"}),
     "auto, no feature dropout": ("auto", {}, {"feature_dropout": (0.0, 0.0)}),
+    "auto, feature dropout": ("auto", {}, {"feature_dropout": cpe.model.PRESET_FEATURE_DROPOUT}),
 }
 SHOWN = ["batch_score", "bio_score", "overall_score"]
 TABLE1_METRICS = [*cpe.bm.CELLPAINTR_SCORES.batch_metrics, *cpe.bm.CELLPAINTR_SCORES.bio_metrics]

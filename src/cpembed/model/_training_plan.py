@@ -105,9 +105,9 @@ PAPER_STAGES: dict[int, StageConfig] = {
     3: StageConfig(max_epochs=6, batch_size=64, lr=1e-5),
 }
 
-#: Feature dropout of stages 2-3 of cpembed's presets: the share of single features masked per well is drawn from
-#: this range per minibatch, so that the model embeds studies that lack a third of its features about as well as
-#: those that have them all (``docs/concepts.md`` gives the figures).
+#: Feature dropout of stages 2-3 of the "contrastive" preset: the share of single features masked per well is drawn
+#: from this range per minibatch, so that the model embeds studies that lack a third of its features about as well
+#: as those that have them all (``docs/concepts.md`` gives the figures).
 PRESET_FEATURE_DROPOUT = (0.2, 0.6)
 
 #: The "contrastive" preset (cpembed's default where sources share compounds): the paper's stages, plus in stages 2-3
@@ -126,7 +126,7 @@ CONTRASTIVE_STAGES: dict[int, StageConfig] = {
 #: needs the linear path; stages 2-3 align replicates (``objective="align"``, weight 10), penalising the correction
 #: at weight 1, at lr 1e-4 (the correction starts at zero and must grow within the schedule). Stage 2, whose
 #: minibatches come from one source, pulls replicate wells together; stage 3 aligns each compound's source centroids.
-#: Both use feature dropout (:data:`PRESET_FEATURE_DROPOUT`).
+#: No feature dropout: on BBBC021 it lowered the leak-free Overall from 0.722 to 0.717 over 12 seeds.
 ANCHORED_STAGES: dict[int, StageConfig] = {
     1: PAPER_STAGES[1],
     **{
@@ -137,7 +137,6 @@ ANCHORED_STAGES: dict[int, StageConfig] = {
             contrastive_weight=10.0,
             correction_weight=1.0,
             alignment=alignment,
-            feature_dropout=PRESET_FEATURE_DROPOUT,
         )
         for stage, alignment in ((2, "wells"), (3, "sources"))
     },
