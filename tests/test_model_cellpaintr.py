@@ -168,6 +168,8 @@ def test_a_study_with_another_feature_set_is_read_with_the_missing_features_mask
     assert not np.allclose(embedding, trained.get_latent_representation(profiles), atol=1e-3)
     match = trained.feature_match(study)
     assert match.counts() == {"matched": 20, "by_identity": 0, "missing": 20, "unknown": 3}
+    with pytest.warns(UserWarning, match="only 19 of the model's 40 features"):
+        trained.get_latent_representation(profiles[:, :19].copy())
 
 
 def test_a_loaded_model_embeds_another_feature_set_as_the_trained_one(trained, saved, profiles, tmp_path):

@@ -48,6 +48,10 @@ GRADIENT_CLIP = 1.0
 #: Wells the network's fixed PCA projection is fitted on (a random sample when there are more).
 PROJECTION_SAMPLE = 20_000
 
+#: Share of the model's features below which embedding a study warns: measured, a model missing 380 of its 477
+#: features retrieved compounds worse than a PCA of the study (docs/benchmarks.md), one missing 30% did well.
+FEW_MATCHED_FEATURES = 0.5
+
 #: Attributes that training changes besides the weights; a failed or interrupted training restores them.
 TRAINING_STATE = (
     "stage_states_",
@@ -590,6 +594,13 @@ class CellPainTR(RegisteredModel):
         match = self.feature_match(adata, channel_aliases)
         if not match.is_identity:
             logger.info("CellPainTR embeds %d wells: %s.", adata.n_obs, match.describe())
+        if match.n_matched < FEW_MATCHED_FEATURES * self.adata.n_vars:
+            warnings.warn(
+                f"adata has only {match.n_matched} of the model's {self.adata.n_vars} features: the embedding reads "
+                "the others as masked and may keep less than a PCA of adata's own features. Compare the two "
+                "(docs/benchmarks.md, 'CellPainTR on another study').",
+                stacklevel=2,
+            )
         matrix = feature_matrix(adata, self._setup_arg("layer"))
         rows = check_indices(indices, adata.n_obs)
         network = self.module if stage is None else self._stage_network(stage)
