@@ -133,9 +133,9 @@ def test_missing_batch_labels_get_the_message_of_the_other_baselines(profiles):
         cpe.tl.cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)
 
 
-def test_trained_model_embeds_another_study_and_records_the_features(profiles):
+def test_trained_model_embeds_another_study_and_records_the_features(profiles, caplog):
     """train_cellpaintr leaves its data untouched; tl.cellpaintr with the model reads a study with part of the
-    features and records the counts in .uns."""
+    features, matching them once for every stage's embedding, and records the counts in .uns."""
     adata = profiles.copy()
     model = cpe.tl.train_cellpaintr(adata, **KEYS, model_kwargs=TINY_MODEL, **TINY_TRAIN)
     assert adata.obsm.keys() == profiles.obsm.keys()
@@ -143,6 +143,11 @@ def test_trained_model_embeds_another_study_and_records_the_features(profiles):
     assert isinstance(model, cpe.model.CellPainTR)
     assert model.is_trained_
     study = profiles[:, 10:].copy()
-    cpe.tl.cellpaintr(study, model=model, key_added="X_transfer")
+    with caplog.at_level("INFO", logger="cpembed"):
+        cpe.tl.cellpaintr(study, model=model, key_added="X_transfer", stage_embeddings=True)
+    assert caplog.text.count("20 of the 30 features matched") == 1
     assert study.uns["X_transfer"]["features"] == {"matched": 20, "by_identity": 0, "missing": 10, "unknown": 0}
     np.testing.assert_array_equal(study.obsm["X_transfer"], model.get_latent_representation(study))
+    np.testing.assert_array_equal(study.obsm["X_transfer_stage1"], model.get_latent_representation(study, stage=1))
+    with pytest.raises(ValueError, match="another feature set than adata's"):
+        model.get_latent_representation(study, features=model.feature_match(profiles[:, 5:].copy()))

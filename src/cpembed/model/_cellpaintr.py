@@ -555,6 +555,7 @@ class CellPainTR(RegisteredModel):
         stage: Literal[1, 2, 3] | None = None,
         unseen_source: Literal["warn", "raise"] = "warn",
         channel_aliases: Mapping[str, str] | None = None,
+        features: FeatureMatch | None = None,
     ) -> np.ndarray:
         """Embed wells: the read-out of the final layer norm, or the PCA projection plus the learned correction.
 
@@ -565,7 +566,7 @@ class CellPainTR(RegisteredModel):
         pipeline): its features are matched to the model's by name, then by identity
         (:func:`cpembed.io.match_features`); the model's features it lacks are masked, as in masked-feature training
         (with the linear path the projection reads the network's prediction of them), and features the model never
-        saw are ignored. A log line gives the counts (:meth:`feature_match` returns them).
+        saw are ignored. :meth:`feature_match` does the matching and reports the counts.
 
         Parameters
         ----------
@@ -584,6 +585,9 @@ class CellPainTR(RegisteredModel):
             (``"raise"``: KeyError).
         channel_aliases
             Channel names read as others when matching features, passed to :func:`cpembed.io.match_features`.
+        features
+            The match of ``adata``'s features that :meth:`feature_match` returned, to embed ``adata`` several times
+            (say, with each stage's weights) with one matching and one report; default: matched here.
 
         Returns
         -------
@@ -591,15 +595,14 @@ class CellPainTR(RegisteredModel):
         """
         self._check_if_trained(warn=False)
         adata = self.adata if adata is None else adata
-        match = self.feature_match(adata, channel_aliases)
-        if not match.is_identity:
-            logger.info("CellPainTR embeds %d wells: %s.", adata.n_obs, match.describe())
-        if match.n_matched < FEW_MATCHED_FEATURES * self.adata.n_vars:
-            warnings.warn(
-                f"adata has only {match.n_matched} of the model's {self.adata.n_vars} features: the embedding reads "
-                "the others as masked and may keep less than a PCA of adata's own features. Compare the two "
-                "(docs/benchmarks.md, 'CellPainTR on another study').",
-                stacklevel=2,
+        if features is None:
+            match = self.feature_match(adata, channel_aliases)
+        elif features.names.equals(adata.var_names) and features.reference.equals(self.adata.var_names):
+            match = features
+        else:
+            raise ValueError(
+                "`features` is the match of another feature set than adata's against the model's: pass "
+                "model.feature_match(adata), or leave it out."
             )
         matrix = feature_matrix(adata, self._setup_arg("layer"))
         rows = check_indices(indices, adata.n_obs)
@@ -621,9 +624,11 @@ class CellPainTR(RegisteredModel):
         return embeddings
 
     def feature_match(self, adata: AnnData, channel_aliases: Mapping[str, str] | None = None) -> FeatureMatch:
-        """How the features of ``adata`` map onto the model's (:func:`cpembed.io.match_features`).
+        """How the features of ``adata`` map onto the model's (:func:`cpembed.io.match_features`), reported.
 
-        Raises a ValueError when none of them is one of the model's.
+        Unless ``adata`` has the model's features in its order, a log line gives the counts of matched, missing and
+        unknown features; a warning says when fewer than half of the model's features were found. Raises a
+        ValueError when none of them is one of the model's.
         """
         match = match_features(self.adata.var_names, adata.var_names, channel_aliases)
         if match.n_matched == 0:
@@ -631,6 +636,15 @@ class CellPainTR(RegisteredModel):
                 f"None of the {adata.n_vars} features of adata is one of the model's {self.adata.n_vars} (by name or "
                 f"by identity; e.g. {list(adata.var_names[:3])} against {list(self.adata.var_names[:3])}): there is "
                 "nothing the model can read. Are these CellProfiler features?"
+            )
+        if not match.is_identity:
+            logger.info("CellPainTR reads %d wells: %s.", adata.n_obs, match.describe())
+        if match.n_matched < FEW_MATCHED_FEATURES * self.adata.n_vars:
+            warnings.warn(
+                f"adata has only {match.n_matched} of the model's {self.adata.n_vars} features: the embedding reads "
+                "the others as masked and may keep less than a PCA of adata's own features. Compare the two "
+                "(docs/benchmarks.md, 'CellPainTR on another study').",
+                stacklevel=3,
             )
         return match
 

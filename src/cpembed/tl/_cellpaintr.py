@@ -119,21 +119,21 @@ def cellpaintr(
         )
     else:
         get_finite_matrix(adata, layer=model.registry_["setup_args"]["layer"])
+    features = model.feature_match(adata, channel_aliases)
     stage_latents = {}
     if stage_embeddings:
         for stage in STAGES:
             if stage in model.stage_states_:
                 stage_latents[f"{key_added}_stage{stage}"] = model.get_latent_representation(
-                    adata, stage=stage, channel_aliases=channel_aliases
+                    adata, stage=stage, features=features
                 )
     architecture = {name: model.init_params_["non_kwargs"][name] for name in ("readout", "linear_path")}
     params = {**model.registry_["setup_args"], **architecture, "stages": sorted(model.stage_states_)}
     if model.training_preset_ is not None:
         params["preset"] = model.training_preset_
-    features = model.feature_match(adata, channel_aliases).counts()
-    latent = model.get_latent_representation(adata, channel_aliases=channel_aliases)
+    latent = model.get_latent_representation(adata, features=features)
     return store_embedding(
-        adata, latent, key_added, params, copy=copy, extra_obsm=stage_latents, extra_uns={"features": features}
+        adata, latent, key_added, params, copy=copy, extra_obsm=stage_latents, extra_uns={"features": features.counts()}
     )
 
 
