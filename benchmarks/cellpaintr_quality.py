@@ -109,14 +109,9 @@ def add_cellpaintr(
     adata: sc.AnnData, batch_key: str, setting: str, size: str, seed: int, quick: bool, accelerator: str
 ) -> float:
     """Train CellPainTR in one setting on the split's training labels; write its stage embeddings; the seconds."""
-    model_kwargs, stages = SIZES[size]
+    model_kwargs = SIZES[size][0]
     preset, architecture, stage_changes = VARIANTS[setting]
-    if quick:
-        stages = {f"stage{stage}": {"max_epochs": 1, "warmup_epochs": 0} for stage in (1, 2, 3)}
-    stages = {
-        f"stage{stage}": {**stages.get(f"stage{stage}", {}), **(stage_changes if stage > 1 else {})}
-        for stage in (1, 2, 3)
-    }
+    stages = stage_settings(size, quick, stage_changes)
     start = time.perf_counter()
     cpe.tl.cellpaintr(
         adata,
@@ -134,6 +129,17 @@ def add_cellpaintr(
         **stages,
     )
     return time.perf_counter() - start
+
+
+def stage_settings(size: str, quick: bool, stage_changes: dict) -> dict[str, dict]:
+    """The stage schedules of ``size`` (one epoch each with ``quick``), with ``stage_changes`` in stages 2-3."""
+    stages = SIZES[size][1]
+    if quick:
+        stages = {f"stage{stage}": {"max_epochs": 1, "warmup_epochs": 0} for stage in (1, 2, 3)}
+    return {
+        f"stage{stage}": {**stages.get(f"stage{stage}", {}), **(stage_changes if stage > 1 else {})}
+        for stage in (1, 2, 3)
+    }
 
 
 def _key(setting: str) -> str:

@@ -57,7 +57,7 @@ import pandas as pd
 import scanpy as sc
 import torch
 from _seeds import summarise_seeds
-from cellpaintr_quality import BASELINES, SIZES, add_baselines, load, score
+from cellpaintr_quality import BASELINES, SIZES, add_baselines, load, score, stage_settings
 
 import cpembed as cpe
 
@@ -83,17 +83,6 @@ SIMULATED = ["profiles", "populations"]
 UNKNOWN_SOURCES_WARNING = r"Sources not seen in training|adata.obs has no column"
 
 
-def stage_settings(size: str, quick: bool, setting: str) -> dict[str, dict]:
-    """The stage schedules of ``size`` (one epoch each with ``quick``) with the setting's changes of stages 2-3."""
-    stages = SIZES[size][1]
-    if quick:
-        stages = {f"stage{stage}": {"max_epochs": 1, "warmup_epochs": 0} for stage in (1, 2, 3)}
-    changes = SETTINGS[setting][0]
-    return {
-        f"stage{stage}": {**stages.get(f"stage{stage}", {}), **(changes if stage > 1 else {})} for stage in (1, 2, 3)
-    }
-
-
 def train(
     adata: sc.AnnData,
     batch_key: str | None,
@@ -116,7 +105,7 @@ def train(
         accelerator=args.accelerator,
         enable_progress_bar=False,
         logger=False,
-        **stage_settings(args.size, args.quick, setting),
+        **stage_settings(args.size, args.quick, SETTINGS[setting][0]),
         **SETTINGS[setting][1],
     )
     return model, time.perf_counter() - start
