@@ -333,6 +333,39 @@ def test_contrastive_stages_need_labels(profiles):
         StageConfig(max_epochs=1, batch_size=8, lr=1e-3, mask_ratio=(0.5, 0.2))
 
 
+def test_n_latent_is_the_width_of_every_embedding_and_survives_save_load(profiles, tmp_path):
+    """A linear-path model with n_latent embeds, per stage and after save/load, in n_latent dimensions, starting at
+    a PCA of that many components (scikit-learn's exact solver), and its model card says so."""
+    from sklearn.decomposition import PCA
+
+    adata = _setup(profiles)
+    model = CellPainTR(adata, **TINY, readout="mean", linear_path=True, n_latent=3)
+    before = model.module.project(torch.as_tensor(adata.X)).numpy()
+    expected = PCA(n_components=3, svd_solver="full").fit_transform(np.asarray(adata.X, dtype=np.float64))
+    np.testing.assert_allclose(np.abs(before), np.abs(expected), rtol=1e-3, atol=1e-3)  # components up to sign
+    model.train(stage1=STAGES["stage1"], stages=(1,), seed=0, **QUIET)
+    assert model.get_latent_representation(stage=1).shape == (adata.n_obs, 3)
+    assert "embedding dimensions 3" in model.describe()
+    model.save(str(tmp_path / "model"))
+    loaded = CellPainTR.load(str(tmp_path / "model"), adata=_setup(profiles))
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_distribution_alignment_trains_the_correction(profiles):
+    """Stage 3 aligning the sources' distributions of a label records its term and moves the embedding off the
+    PCA projection through the correction."""
+    adata = _setup(profiles)
+    model = CellPainTR(adata, **TINY, readout="mean", linear_path=True)
+    stage3 = {**STAGES["stage3"], "alignment": "distributions"}
+    model.train(stage1=STAGES["stage1"], stage3=stage3, stages=(1, 3), preset="anchored", seed=0, **QUIET)
+    history = model.history["stage3"]
+    assert np.all(np.isfinite(history["align"]))
+    assert float(history["align"].iloc[0]) > 0
+    x = torch.as_tensor(adata.X[:8])
+    moved = model.module.embed(x, torch.zeros(8, dtype=torch.long)) - model.module.project(x)
+    assert float(moved.abs().max()) > 1e-4
+
+
 @pytest.mark.slow
 def test_presets_train_what_they_name(profiles):
     """The anchored preset moves the embedding away from its PCA start only through the correction, and needs the

@@ -6,11 +6,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
+from scipy.stats import energy_distance
 
 from cpembed.module import (
     CellPainTRModule,
     HyenaOperator,
     bidirectional_fft_conv,
+    distribution_alignment_loss,
     fast_fft_size,
     masked_feature_loss,
     replicate_alignment_loss,
@@ -534,6 +537,59 @@ def test_alignment_across_sources_ignores_spread_within_a_source():
     assert embedding.grad is not None
 
 
+def loop_energy_distances(embedding, labels, groups):
+    """Mean energy distance over (label, group) pairs, written with scipy's cdist and plain loops."""
+    terms = []
+    for label in np.unique(labels[labels >= 0]):
+        of_label = labels == label
+        if len(np.unique(groups[of_label])) < 2:
+            continue
+        for group in np.unique(groups[of_label]):
+            inside = embedding[of_label & (groups == group)]
+            outside = embedding[of_label & (groups != group)]
+            terms.append(
+                2 * cdist(inside, outside).mean() - cdist(inside, inside).mean() - cdist(outside, outside).mean()
+            )
+    return np.mean(terms) if terms else 0.0
+
+
+def test_distribution_alignment_equals_brute_force():
+    generator = torch.Generator().manual_seed(1)
+    embedding = torch.randn(50, 5, generator=generator, dtype=torch.float64)
+    labels = torch.randint(-1, 6, (50,), generator=generator)
+    groups = torch.randint(0, 4, (50,), generator=generator)
+    loss = distribution_alignment_loss(embedding, labels, groups, 4.0)
+    expected = loop_energy_distances(embedding.numpy(), labels.numpy(), groups.numpy()) / 2.0
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def test_distribution_alignment_is_scipys_energy_distance_in_one_dimension():
+    """scipy.stats.energy_distance is the square root of the term for one label in two groups."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=7), rng.normal(1.0, 2.0, size=9)
+    embedding = torch.tensor(np.concatenate([x, y])[:, None])
+    labels = torch.zeros(16, dtype=torch.long)
+    groups = torch.tensor([0] * 7 + [1] * 9)
+    # Both groups' terms are the same distance, so their mean is it.
+    expected = energy_distance(x, y) ** 2
+    np.testing.assert_allclose(float(distribution_alignment_loss(embedding, labels, groups, 1.0)), expected, rtol=1e-6)
+
+
+def test_distribution_alignment_sees_spread_that_centroids_miss():
+    """Two sources whose controls share a centroid but not a spread: centroid alignment is zero, this is not."""
+    embedding = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [3.0, 0.0], [-3.0, 0.0]], requires_grad=True)
+    labels, sources = torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1])
+    assert float(replicate_alignment_loss(embedding, labels, 1.0, sources)) == 0.0
+    loss = distribution_alignment_loss(embedding, labels, sources, 1.0)
+    loss.backward()
+    assert float(loss) > 0.5
+    assert torch.all(torch.isfinite(embedding.grad))
+    same = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    assert float(distribution_alignment_loss(same, labels, sources, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    one_source = distribution_alignment_loss(embedding, labels, torch.zeros(4, dtype=torch.long), 1.0)
+    assert float(one_source) == 0.0
+
+
 def test_linear_path_starts_as_the_pca_projection():
     """Before training, distances between embeddings are those of the top principal components (numpy SVD)."""
     rng = np.random.default_rng(0)
@@ -555,9 +611,29 @@ def test_linear_path_starts_as_the_pca_projection():
     )
 
 
+def test_n_latent_sets_the_width_of_the_linear_path():
+    """With n_latent the embedding has that many dimensions, starts as that many principal components (numpy SVD),
+    and the transformer keeps its d_model; n_latent needs the linear path."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(25, 12)) @ rng.normal(size=(12, 12))
+    _, _, components = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    module = tiny_module(n_features=12, linear_path=True, readout="mean", n_latent=3).eval()
+    assert module.embedding_dim == 3
+    assert module.final_norm.normalized_shape == (16,)
+    module.set_projection(x.mean(axis=0), components[:3].T, variance=1.0)
+    embedding = module.embed(torch.as_tensor(x, dtype=torch.float32), torch.zeros(25, dtype=torch.long)).detach()
+    np.testing.assert_allclose(embedding.numpy(), (x - x.mean(axis=0)) @ components[:3].T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="more than the embedding's 3"):
+        module.set_projection(torch.zeros(12), torch.zeros(12, 4), 1.0)
+    with pytest.raises(ValueError, match="linear_path"):
+        tiny_module(n_latent=3)
+    with pytest.raises(ValueError, match="positive"):
+        tiny_module(linear_path=True, n_latent=0)
+
+
 def test_linear_path_refuses_bad_projections():
     module = tiny_module(linear_path=True)
-    with pytest.raises(ValueError, match="more than d_model"):
+    with pytest.raises(ValueError, match="more than the embedding's 16"):
         module.set_projection(torch.zeros(12), torch.zeros(12, 17), 1.0)
     with pytest.raises(ValueError, match="Expected center"):
         module.set_projection(torch.zeros(11), torch.zeros(12, 3), 1.0)

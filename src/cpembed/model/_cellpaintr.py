@@ -116,8 +116,11 @@ class CellPainTR(RegisteredModel):
         ``False`` (the paper): the embedding is the read-out. ``True`` (the ``"anchored"`` preset, with
         ``readout="mean"``): the embedding is the network's PCA projection of the profile plus a learned correction
         of the read-out that starts at zero, so training moves wells away from PCA only as far as its objective
-        asks. Either way the model fits a PCA of ``adata`` (up to ``d_model`` components) that training losses may
-        compare with. ``docs/concepts.md`` gives the measurements behind the presets.
+        asks. Either way the model fits a PCA of ``adata`` (as many components as the embedding has dimensions) that
+        training losses may compare with. ``docs/concepts.md`` gives the measurements behind the presets.
+    n_latent
+        Dimensions of the embedding with the linear path (its PCA components); ``None`` is ``d_model``. The
+        ``"anchored"`` preset of :func:`cpembed.tl.cellpaintr` uses :data:`cpembed.tl.ANCHORED_N_LATENT`.
     seed
         Seed of the initial weights; :meth:`train` takes its own seed for masks, sampling and dropout. The caller's
         random state is left untouched, so one seed gives one model whatever ran before.
@@ -151,6 +154,7 @@ class CellPainTR(RegisteredModel):
         filter_width: int = 64,
         readout: Literal["cls", "mean"] = "cls",
         linear_path: bool = False,
+        n_latent: int | None = None,
         added_sources: Sequence[str] = (),
         seed: int = 0,
     ):
@@ -170,8 +174,10 @@ class CellPainTR(RegisteredModel):
                 unknown_source=True,
                 readout=readout,
                 linear_path=linear_path,
+                n_latent=n_latent,
             )
-        self.module.set_projection(*_pca_projection(feature_matrix(adata, self._setup_arg("layer")), d_model, seed))
+        matrix = feature_matrix(adata, self._setup_arg("layer"))
+        self.module.set_projection(*_pca_projection(matrix, self.module.embedding_dim, seed))
         if added_sources:
             self.module.add_sources(len(added_sources))
         self.stage_states_: dict[int, dict] = {}
@@ -180,7 +186,8 @@ class CellPainTR(RegisteredModel):
         self.history_ = {}
         self._model_summary_string = (
             f"CellPainTR with {adata.n_vars} features, {len(self.source_names)} sources, d_model={d_model}, "
-            f"n_layers={n_layers}, readout={readout!r}, linear_path={linear_path}"
+            f"n_layers={n_layers}, readout={readout!r}, linear_path={linear_path}, embedding of "
+            f"{self.module.embedding_dim} dimensions"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -591,7 +598,7 @@ class CellPainTR(RegisteredModel):
 
         Returns
         -------
-        Embeddings, wells x ``d_model``, float32.
+        Embeddings, wells x the embedding's dimensions (``d_model``, or ``n_latent`` with the linear path), float32.
         """
         self._check_if_trained(warn=False)
         adata = self.adata if adata is None else adata
@@ -612,7 +619,7 @@ class CellPainTR(RegisteredModel):
         sources = np.where(sources < n_known, sources, n_known)
         device = self.device
         network.eval()
-        embeddings = np.empty((len(rows), self.init_params_["non_kwargs"]["d_model"]), dtype=np.float32)
+        embeddings = np.empty((len(rows), network.embedding_dim), dtype=np.float32)
         with torch.inference_mode():
             for positions, values in iter_row_chunks(matrix, rows, batch_size or 256):
                 source = torch.from_numpy(sources[rows[positions]]).to(device)
@@ -671,6 +678,7 @@ class CellPainTR(RegisteredModel):
             unknown_source=True,
             readout=params.get("readout", "cls"),
             linear_path=params.get("linear_path", False),
+            n_latent=params.get("n_latent"),
         )
         network.load_state_dict(state_dict)
         return network
@@ -694,7 +702,10 @@ class CellPainTR(RegisteredModel):
         params = self.init_params_["non_kwargs"]
         n_parameters = sum(parameter.numel() for parameter in self.module.parameters())
         architecture = ", ".join(
-            f"{name} {params[name]}" for name in ("d_model", "n_layers", "d_mlp", "readout", "linear_path")
+            [
+                *(f"{name} {params[name]}" for name in ("d_model", "n_layers", "d_mlp", "readout", "linear_path")),
+                f"embedding dimensions {self.module.embedding_dim}",
+            ]
         )
         setup = self.registry_["setup_args"]
         counts = np.bincount(self._source_codes(self.adata), minlength=len(self._trained_sources))

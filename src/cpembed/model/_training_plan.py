@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule
 
 from cpembed.module import (
     CellPainTRModule,
+    distribution_alignment_loss,
     masked_feature_loss,
     replicate_alignment_loss,
     sample_feature_mask,
@@ -59,8 +60,10 @@ class StageConfig:
         (:meth:`~cpembed.model.CellPainTR.get_latent_representation` masks the features a study lacks).
     alignment
         What ``objective="align"`` pulls together: ``"sources"``, each source's centroid of a label to the label's
-        centroid over sources (a compound is aligned across sources, its spread within a source left alone), or
-        ``"wells"``, every replicate well to its label's centroid.
+        centroid over sources (a compound is aligned across sources, its spread within a source left alone),
+        ``"wells"``, every replicate well to its label's centroid, or ``"distributions"``, each source's wells of a
+        label to the label's wells in the other sources as distributions
+        (:func:`~cpembed.module.distribution_alignment_loss`; spread as well as centroid).
     """
 
     max_epochs: int
@@ -73,7 +76,7 @@ class StageConfig:
     warmup_epochs: int = 0
     objective: Literal["supcon", "align"] = "supcon"
     correction_weight: float = 0.0
-    alignment: Literal["sources", "wells"] = "sources"
+    alignment: Literal["sources", "wells", "distributions"] = "sources"
     structure_weight: float = 0.0
     feature_dropout: tuple[float, float] = (0.0, 0.0)
 
@@ -88,8 +91,8 @@ class StageConfig:
             raise ValueError("warmup_epochs must lie between 0 and max_epochs.")
         if self.objective not in ("supcon", "align"):
             raise ValueError(f"objective must be 'supcon' or 'align', got {self.objective!r}.")
-        if self.alignment not in ("sources", "wells"):
-            raise ValueError(f"alignment must be 'sources' or 'wells', got {self.alignment!r}.")
+        if self.alignment not in ("sources", "wells", "distributions"):
+            raise ValueError(f"alignment must be 'sources', 'wells' or 'distributions', got {self.alignment!r}.")
         if self.structure_weight < 0:
             raise ValueError(f"structure_weight must be >= 0, got {self.structure_weight}.")
         if self.correction_weight < 0:
@@ -269,8 +272,11 @@ class CellPainTRTrainingPlan(LightningModule):
     def _label_loss(self, embedding: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         if self.config.objective == "supcon":
             return supervised_contrastive_loss(embedding.float(), labels, temperature=self.config.temperature)
+        scale = self.module.projection_variance
+        if self.config.alignment == "distributions":
+            return distribution_alignment_loss(embedding, labels, sources, scale)
         groups = sources if self.config.alignment == "sources" else None
-        return replicate_alignment_loss(embedding, labels, self.module.projection_variance, groups)
+        return replicate_alignment_loss(embedding, labels, scale, groups)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).float()

@@ -7,6 +7,7 @@ from ._embeddings import FeatureTokenEmbedding
 from ._hyena import HyenaFilter, HyenaOperator, bidirectional_fft_conv, fast_fft_size
 from ._image_batches import StoreImages
 from ._losses import (
+    distribution_alignment_loss,
     masked_feature_loss,
     replicate_alignment_loss,
     sample_feature_mask,
@@ -32,6 +33,7 @@ __all__ = [
     "ViewConfig",
     "VisionTransformer",
     "bidirectional_fft_conv",
+    "distribution_alignment_loss",
     "ema_update",
     "embed_patches",
     "fast_fft_size",

@@ -107,6 +107,9 @@ class CellPainTRModule(nn.Module):
         learned correction of the read-out, ``embedding = (x - center) @ components + correction_head(readout)``,
         with ``correction_head`` starting at zero. ``False`` keeps the paper's embedding, the read-out itself (the
         projection is then only a reference, :meth:`project`, that training losses may compare with).
+    n_latent
+        Width of the linear path's embedding (the projection's components and the correction's outputs); ``None``
+        is ``d_model``. Only with ``linear_path``: otherwise the embedding is the ``d_model``-wide read-out.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class CellPainTRModule(nn.Module):
         initializer_range: float = 0.02,
         readout: Literal["cls", "mean"] = "cls",
         linear_path: bool = False,
+        n_latent: int | None = None,
     ):
         super().__init__()
         groups = torch.as_tensor(feature_groups, dtype=torch.long)
@@ -137,6 +141,12 @@ class CellPainTRModule(nn.Module):
             raise ValueError("`feature_groups` must hold group ids 0..G-1.")
         if readout not in ("cls", "mean"):
             raise ValueError(f"`readout` must be 'cls' or 'mean', got {readout!r}.")
+        if n_latent is not None and (not linear_path or n_latent < 1):
+            raise ValueError(
+                f"`n_latent` ({n_latent}) sets the width of the linear path's embedding and must be positive; without "
+                "linear_path=True the embedding is the d_model-wide read-out."
+            )
+        self.embedding_dim = d_model if n_latent is None else n_latent
         self.readout = readout
         self.linear_path = linear_path
         self.register_buffer("feature_groups", groups)
@@ -156,11 +166,11 @@ class CellPainTRModule(nn.Module):
         )
         self._init_weights(initializer_range, n_layers)
         self.register_buffer("projection_center", torch.zeros(n_features))
-        self.register_buffer("projection_components", torch.zeros(n_features, d_model))
+        self.register_buffer("projection_components", torch.zeros(n_features, self.embedding_dim))
         self.register_buffer("projection_variance", torch.ones(()))
         self.register_buffer("projection_rms", torch.ones(()))
         if linear_path:
-            self.correction_head = nn.Linear(d_model, d_model)
+            self.correction_head = nn.Linear(d_model, self.embedding_dim)
             nn.init.zeros_(self.correction_head.weight)
             nn.init.zeros_(self.correction_head.bias)
 
@@ -194,21 +204,21 @@ class CellPainTRModule(nn.Module):
         center
             Profile subtracted before projecting, ``(n_features,)`` (the training mean).
         components
-            Projection, ``(n_features, k)`` with ``k <= d_model``; columns beyond ``k`` stay zero.
+            Projection, ``(n_features, k)`` with ``k <= embedding_dim``; columns beyond ``k`` stay zero.
         variance
             Mean squared norm of the projected training profiles: the scale the training losses on the embedding
             are measured in (:attr:`projection_variance`).
         """
         center = torch.as_tensor(center, dtype=torch.float32)
         components = torch.as_tensor(components, dtype=torch.float32)
-        n_features, d_model = self.projection_components.shape
+        n_features, width = self.projection_components.shape
         if center.shape != (n_features,) or components.ndim != 2 or components.shape[0] != n_features:
             raise ValueError(
                 f"Expected center ({n_features},) and components ({n_features}, k), got {tuple(center.shape)} and "
                 f"{tuple(components.shape)}."
             )
-        if components.shape[1] > d_model:
-            raise ValueError(f"components has {components.shape[1]} columns, more than d_model={d_model}.")
+        if components.shape[1] > width:
+            raise ValueError(f"components has {components.shape[1]} columns, more than the embedding's {width}.")
         if not variance > 0:
             raise ValueError(f"variance must be positive, got {variance}.")
         with torch.no_grad():
@@ -268,15 +278,15 @@ class CellPainTRModule(nn.Module):
 
         Returns
         -------
-        ``{"embedding": (batch, d_model), "reconstruction": (batch, n_features)}``: the embedding (the final-LayerNorm
-        output at the read-out positions, or with the linear path the projection plus ``"correction"``, also
-        returned) and the masked-regression head's prediction of every feature.
+        ``{"embedding": (batch, embedding_dim), "reconstruction": (batch, n_features)}``: the embedding (the
+        final-LayerNorm output at the read-out positions, or with the linear path the projection plus
+        ``"correction"``, also returned) and the masked-regression head's prediction of every feature.
         """
         hidden = self._encode(x, source, mask)
         return {**self._embedding(x, hidden), "reconstruction": self._reconstruct(hidden)}
 
     def embed(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedding ``(batch, d_model)`` of profiles, some of whose features may be missing.
+        """Embedding ``(batch, embedding_dim)`` of profiles, some of whose features may be missing.
 
         ``mask`` (boolean, like ``x``) marks missing features: they get the [MASK] embedding, as in masked-feature
         training, and with the linear path the projection reads the reconstruction head's prediction of them in place

@@ -224,6 +224,68 @@ def _spread_around_centroids(points: torch.Tensor, labels: torch.Tensor) -> torc
     return (squared_distance * repeated).sum() / repeated.sum().clamp_min(1)
 
 
+def distribution_alignment_loss(
+    embedding: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Energy distance between each group's wells of a label and the label's wells in the other groups.
+
+    Where :func:`replicate_alignment_loss` with ``groups`` matches a label's group centroids, this matches the whole
+    distributions: the energy distance (Szekely & Rizzo, 2013) ``2 E|x - y| - E|x - x'| - E|y - y'|`` between the
+    wells ``x`` of one group (a source) and the wells ``y`` of the same label in the other groups is zero only when
+    both come from the same distribution. For the negative controls, which every source has, this asks a source's
+    controls to be spread as the other sources' controls are, not only centred alike. Averaged over the (label,
+    group) pairs of labels present in at least two groups; pairs of wells of one group compare with themselves as
+    the V-statistic does.
+
+    Parameters
+    ----------
+    embedding
+        Embeddings, ``(batch, dim)``.
+    labels
+        Integer label per sample, ``(batch,)``; negative labels (unlabelled wells) are ignored.
+    groups
+        Integer group per sample (e.g. the source), ``(batch,)``.
+    scale
+        Squared distance that counts as 1, as in :func:`replicate_alignment_loss`; distances are divided by its
+        square root.
+
+    Returns
+    -------
+    Scalar float32 tensor; zero, still in the graph, when no label is present in two groups.
+    """
+    _check_labelled_embedding(embedding, labels)
+    if groups.shape != labels.shape:
+        raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
+    labelled = labels >= 0
+    z, labels, groups = embedding.float()[labelled], labels[labelled], groups[labelled]
+    squared = (z[:, None, :] - z[None, :, :]).square().sum(dim=-1)
+    apart = squared > 0
+    # The square root of a zero is replaced before it is taken, so that identical wells get a zero gradient, not NaN.
+    distance = torch.where(apart, squared, 1.0).sqrt() * apart / float(scale) ** 0.5
+    total, n_pairs = z.new_zeros(()), 0
+    for label in torch.unique(labels):
+        of_label = labels == label
+        label_groups = groups[of_label]
+        if len(torch.unique(label_groups)) < 2:
+            continue
+        within = distance[of_label][:, of_label]
+        for group in torch.unique(label_groups):
+            inside = (label_groups == group).float()
+            outside = 1.0 - inside
+            total = total + (
+                2 * _weighted_mean(within, inside, outside)
+                - _weighted_mean(within, inside, inside)
+                - _weighted_mean(within, outside, outside)
+            )
+            n_pairs += 1
+    return total / max(n_pairs, 1) + 0.0 * z.sum()
+
+
+def _weighted_mean(matrix: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Mean of ``matrix`` over the rows and columns whose indicator is 1."""
+    return (rows @ matrix @ columns) / (rows.sum() * columns.sum())
+
+
 def similarity_structure_loss(embedding: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the cosine similarities of every pair of samples in two representations.
 
