@@ -62,6 +62,11 @@ VARIANTS = {
     "anchored, SupCon": ("anchored", {}, {"objective": "supcon"}),
     "anchored, CLS read-out": ("anchored", {"readout": "cls"}, {}),
     "anchored, align wells": ("anchored", {}, {"alignment": "wells"}),
+    "anchored, align distributions": ("anchored", {}, {"stage3": {"alignment": "distributions"}}),
+    "auto, d_model 32": ("auto", {"d_model": 32}, {}),
+    "auto, d_model 16": ("auto", {"d_model": 16}, {}),
+    "anchored, n_latent 16": ("anchored", {"n_latent": 16}, {}),
+    "anchored, n_latent 32": ("anchored", {"n_latent": 32}, {}),
     "auto, no feature dropout": ("auto", {}, {"feature_dropout": (0.0, 0.0)}),
     "auto, feature dropout": ("auto", {}, {"feature_dropout": cpe.model.PRESET_FEATURE_DROPOUT}),
 }
@@ -132,12 +137,21 @@ def add_cellpaintr(
 
 
 def stage_settings(size: str, quick: bool, stage_changes: dict) -> dict[str, dict]:
-    """The stage schedules of ``size`` (one epoch each with ``quick``), with ``stage_changes`` in stages 2-3."""
+    """The stage schedules of ``size`` (one epoch each with ``quick``), with ``stage_changes`` in stages 2-3.
+
+    Keys ``"stage2"`` / ``"stage3"`` of ``stage_changes`` hold changes of that stage alone.
+    """
     stages = SIZES[size][1]
     if quick:
         stages = {f"stage{stage}": {"max_epochs": 1, "warmup_epochs": 0} for stage in (1, 2, 3)}
+    per_stage = {key: value for key, value in stage_changes.items() if key.startswith("stage")}
+    both = {key: value for key, value in stage_changes.items() if key not in per_stage}
     return {
-        f"stage{stage}": {**stages.get(f"stage{stage}", {}), **(stage_changes if stage > 1 else {})}
+        f"stage{stage}": {
+            **stages.get(f"stage{stage}", {}),
+            **(both if stage > 1 else {}),
+            **per_stage.get(f"stage{stage}", {}),
+        }
         for stage in (1, 2, 3)
     }
 

@@ -119,8 +119,9 @@ class CellPainTR(RegisteredModel):
         asks. Either way the model fits a PCA of ``adata`` (as many components as the embedding has dimensions) that
         training losses may compare with. ``docs/concepts.md`` gives the measurements behind the presets.
     n_latent
-        Dimensions of the embedding with the linear path (its PCA components); ``None`` is ``d_model``. The
-        ``"anchored"`` preset of :func:`cpembed.tl.cellpaintr` uses :data:`cpembed.tl.ANCHORED_N_LATENT`.
+        Dimensions of the embedding with the linear path (its PCA components); ``None`` is ``d_model``. Measured on
+        BBBC021, a narrower embedding raises the benchmark's Overall and lowers NSCB, as a narrower PCA does
+        (``docs/benchmarks.md``).
     seed
         Seed of the initial weights; :meth:`train` takes its own seed for masks, sampling and dropout. The caller's
         random state is left untouched, so one seed gives one model whatever ran before.

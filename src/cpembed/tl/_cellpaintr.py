@@ -95,9 +95,10 @@ def cellpaintr(
 
     Returns
     -------
-    With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x ``d_model``),
-    the stage embeddings on request, ``adata.uns[key_added]["params"]`` and ``adata.uns[key_added]["features"]``
-    (features ``"matched"``, ``"by_identity"``, ``"missing"`` and ``"unknown"``, counted against the model's).
+    With ``copy=True`` the new AnnData, else ``None``. Writes ``adata.obsm[key_added]`` (wells x the embedding's
+    dimensions), the stage embeddings on request, ``adata.uns[key_added]["params"]`` and
+    ``adata.uns[key_added]["features"]`` (features ``"matched"``, ``"by_identity"``, ``"missing"`` and ``"unknown"``,
+    counted against the model's).
 
     Raises
     ------
