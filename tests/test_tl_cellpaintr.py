@@ -68,6 +68,47 @@ def test_writes_final_and_stage_embeddings_and_params(profiles, embedded):
     assert params["readout"] == "mean"
 
 
+def test_anchored_preset_with_controls_whitens_a_narrower_projection(profiles):
+    """With control_key the anchored preset embeds in ANCHORED_WITH_CONTROLS' width, starting from the PCA scores
+    whitened by the controls: squared norms are the Ledoit-Wolf Mahalanobis distances to the control mean
+    (scikit-learn's own computation, from a numpy SVD of the profiles)."""
+    from sklearn.covariance import LedoitWolf
+
+    from cpembed.tl._cellpaintr import ANCHORED_WITH_CONTROLS, untrained_model
+
+    model, preset = untrained_model(
+        profiles, None, "Metadata_Batch", "Metadata_Compound", None, "auto", {**TINY_MODEL, "n_latent": 6},
+        "Metadata_is_negcon",
+    )  # fmt: skip
+    assert preset == "anchored"
+    assert model.init_params_["non_kwargs"]["projection"] == ANCHORED_WITH_CONTROLS["projection"]
+    x = np.asarray(profiles.X, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    scores = centred @ components[:6].T
+    controls = profiles.obs["Metadata_is_negcon"].to_numpy(dtype=bool)
+    expected = LedoitWolf().fit(scores[controls]).mahalanobis(scores)
+    embedded = model.module.project(torch.as_tensor(profiles.X)).numpy().astype(np.float64)
+    np.testing.assert_allclose(np.square(embedded).sum(axis=1), expected, rtol=1e-3)
+    plain, _ = untrained_model(profiles, None, "Metadata_Batch", "Metadata_Compound", None, "auto", TINY_MODEL)
+    assert plain.module.embedding_dim == TINY_MODEL["d_model"]
+    args = (profiles, None, "Metadata_Batch", "Metadata_Compound", None, "auto", TINY_MODEL, "Metadata_is_negcon")
+    assert untrained_model(*args)[0].module.embedding_dim == ANCHORED_WITH_CONTROLS["n_latent"]
+
+
+def test_control_whitening_needs_boolean_controls(profiles):
+    from cpembed.model import CellPainTR
+    from cpembed.tl._cellpaintr import training_view
+
+    view = training_view(profiles, None, "Metadata_Batch", "Metadata_Compound", None)
+    with pytest.raises(ValueError, match="control_key"):
+        CellPainTR(view, **TINY_MODEL, linear_path=True, projection="control_whitened")
+    with pytest.raises(ValueError, match="projection"):
+        CellPainTR(view, **TINY_MODEL, projection="zca")
+    with pytest.raises(TypeError, match="boolean"):
+        training_view(profiles, None, "Metadata_Batch", "Metadata_Compound", None, "Metadata_Compound")
+
+
 def test_auto_preset_follows_labels_shared_across_sources(profiles):
     from cpembed.tl._cellpaintr import auto_preset
 

@@ -431,7 +431,9 @@ def _untrained_cellpaintr(adata: AnnData, config: ReportConfig, preset: str):
     from cpembed.tl._cellpaintr import untrained_model
 
     model_kwargs = {**config.cellpaintr.model_kwargs(), "seed": config.seed}
-    return untrained_model(adata, None, config.batch_key, config.perturbation_key, None, preset, model_kwargs)
+    return untrained_model(
+        adata, None, config.batch_key, config.perturbation_key, None, preset, model_kwargs, config.control_key
+    )
 
 
 @dataclass(frozen=True)
@@ -699,10 +701,12 @@ def summary_markdown(
         f"batch: `{config.batch_key}`; mAP null size {config.null_size}.",
     ]
     if "cellpaintr" in config.methods:
-        preset = adata.uns[EMBEDDING_KEYS["cellpaintr"]]["params"]["preset"]
+        params = adata.uns[EMBEDDING_KEYS["cellpaintr"]]["params"]
+        width = adata.obsm[EMBEDDING_KEYS["cellpaintr"]].shape[1]
+        projection = f", {params['projection']} projection" if params.get("linear_path") else ""
         lines.append(
-            f"CellPainTR ({preset} preset, chosen by `preset='auto'`): d_model={cp.d_model}, n_layers={cp.n_layers}, "
-            f"d_mlp={cp.d_mlp}, "
+            f"CellPainTR ({params['preset']} preset, chosen by `preset='auto'`; {width} dimensions{projection}): "
+            f"d_model={cp.d_model}, n_layers={cp.n_layers}, d_mlp={cp.d_mlp}, "
             f"epochs per stage {'/'.join(map(str, cp.epochs))}, "
             f"learning rates {'/'.join(map(str, cp.learning_rates))}, "
             f"batch sizes {'/'.join(map(str, cp.batch_sizes))}, "

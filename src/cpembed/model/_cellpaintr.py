@@ -19,7 +19,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
-from cpembed._validation import check_indices, check_layer, check_obs_complete, check_obs_keys
+from cpembed._validation import check_indices, check_layer, check_obs_complete, check_obs_keys, control_flags
 from cpembed.io import FeatureMatch, match_features, parse_feature_names
 from cpembed.module import CellPainTRModule
 from cpembed.pp import feature_groups
@@ -122,6 +122,11 @@ class CellPainTR(RegisteredModel):
         Dimensions of the embedding with the linear path (its PCA components); ``None`` is ``d_model``. Measured on
         BBBC021, a narrower embedding raises the benchmark's Overall and lowers NSCB, as a narrower PCA does
         (``docs/benchmarks.md``).
+    projection
+        The fixed projection: ``"pca"``, the principal components of the profiles, or ``"control_whitened"``, the
+        same components whitened by the covariance of the negative controls in them (typical variation
+        normalisation, Ando et al. 2017), estimated with Ledoit-Wolf shrinkage: directions in which the controls vary
+        (technical variation) shrink, the others grow. Needs the ``control_key`` of :meth:`setup_anndata`.
     seed
         Seed of the initial weights; :meth:`train` takes its own seed for masks, sampling and dropout. The caller's
         random state is left untouched, so one seed gives one model whatever ran before.
@@ -156,10 +161,12 @@ class CellPainTR(RegisteredModel):
         readout: Literal["cls", "mean"] = "cls",
         linear_path: bool = False,
         n_latent: int | None = None,
+        projection: Literal["pca", "control_whitened"] = "pca",
         added_sources: Sequence[str] = (),
         seed: int = 0,
     ):
         super().__init__(adata)
+        controls = self._projection_controls(adata, projection)
         self._added_sources = list(added_sources)
         self.feature_groups = _feature_group_ids(adata)
         with seeded_torch_random(seed):
@@ -178,7 +185,7 @@ class CellPainTR(RegisteredModel):
                 n_latent=n_latent,
             )
         matrix = feature_matrix(adata, self._setup_arg("layer"))
-        self.module.set_projection(*_pca_projection(matrix, self.module.embedding_dim, seed))
+        self.module.set_projection(*_pca_projection(matrix, self.module.embedding_dim, seed, controls))
         if added_sources:
             self.module.add_sources(len(added_sources))
         self.stage_states_: dict[int, dict] = {}
@@ -202,6 +209,7 @@ class CellPainTR(RegisteredModel):
         batch_key: str | None = None,
         labels_key: str | None = None,
         unlabeled_category: str | None = None,
+        control_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register the features, the source and the labels of ``adata`` for CellPainTR.
@@ -223,8 +231,13 @@ class CellPainTR(RegisteredModel):
         unlabeled_category
             Value of ``labels_key`` marking wells without a trusted label: used in stage 1 only (the paper trains
             stages 2-3 on compounds with known MoA and controls).
+        control_key
+            Boolean ``.obs`` column, ``True`` for the negative-control wells, which ``projection="control_whitened"``
+            reads.
         """
         check_obs_keys(adata, batch_key, labels_key)
+        if control_key is not None:
+            control_flags(adata, control_key)
         check_layer(adata, layer)
         check_obs_complete(
             adata,
@@ -242,7 +255,21 @@ class CellPainTR(RegisteredModel):
         cls.register_manager(adata_manager)
 
     def _setup_arg(self, name: str):
-        return self.registry_["setup_args"][name]
+        return self.registry_["setup_args"].get(name)
+
+    def _projection_controls(self, adata: AnnData, projection: str) -> np.ndarray | None:
+        """The control flags the projection is whitened with (``None`` for a plain PCA), checked."""
+        if projection not in ("pca", "control_whitened"):
+            raise ValueError(f"projection must be 'pca' or 'control_whitened', got {projection!r}.")
+        if projection == "pca":
+            return None
+        control_key = self._setup_arg("control_key")
+        if control_key is None:
+            raise ValueError(
+                "projection='control_whitened' needs the negative controls: pass control_key= to "
+                "CellPainTR.setup_anndata (a boolean .obs column, True for the control wells)."
+            )
+        return control_flags(adata, control_key)
 
     @property
     def _trained_sources(self) -> list:
@@ -706,6 +733,7 @@ class CellPainTR(RegisteredModel):
             [
                 *(f"{name} {params[name]}" for name in ("d_model", "n_layers", "d_mlp", "readout", "linear_path")),
                 f"embedding dimensions {self.module.embedding_dim}",
+                f"projection {params.get('projection', 'pca')}",
             ]
         )
         setup = self.registry_["setup_args"]
@@ -871,11 +899,16 @@ def _feature_group_ids(adata: AnnData) -> torch.Tensor:
     return torch.as_tensor(labelled.var["feature_group"].cat.codes.to_numpy(copy=True), dtype=torch.long)
 
 
-def _pca_projection(matrix, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean, loadings (features x components) and mean squared projected norm of a PCA of the wells of ``matrix``.
+def _pca_projection(
+    matrix, n_components: int, seed: int, controls: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Center, loadings (features x components) and mean squared projected norm of a PCA of the wells of ``matrix``.
 
     Fitted on at most :data:`PROJECTION_SAMPLE` wells drawn at random; non-finite values read as 0, as in training.
+    With ``controls`` (a boolean flag per well) the components are whitened by the Ledoit-Wolf covariance of the
+    sampled control wells in them, and the center is the controls' mean.
     """
+    from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
     n_rows, n_features = matrix.shape
@@ -886,13 +919,25 @@ def _pca_projection(matrix, n_components: int, seed: int) -> tuple[np.ndarray, n
     if n_components < 1:
         raise ValueError("CellPainTR needs at least two wells to fit the PCA its training compares with.")
     pca = PCA(n_components=n_components, random_state=seed).fit(sample)
-    variance = float(pca.explained_variance_.sum())
+    center, loadings, variance = pca.mean_, pca.components_.T, float(pca.explained_variance_.sum())
     if not variance > 0:
         raise ValueError(
             "The training profiles do not vary (every value is the same, or non-finite and read as 0): there is "
             "nothing to embed. Check the preprocessing of adata."
         )
-    return pca.mean_, pca.components_.T, variance
+    if controls is not None:
+        control_scores = (sample[controls[rows]] - center) @ loadings
+        if len(control_scores) < 2:
+            raise ValueError(
+                f"The control-whitened projection needs at least two control wells among the {len(rows)} wells it "
+                f"is fitted on, found {len(control_scores)}."
+            )
+        covariance = LedoitWolf().fit(control_scores)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance.covariance_)
+        center = center + loadings @ covariance.location_
+        loadings = loadings @ (eigenvectors / np.sqrt(eigenvalues))
+        variance = float(np.square((sample - center) @ loadings).sum(axis=1).mean())
+    return center, loadings, variance
 
 
 def _merge_config(default: StageConfig, settings: StageSettings) -> StageConfig:
