@@ -49,6 +49,8 @@ SIZES = {
     "cpu": (CellPainTRSettings().model_kwargs(), CellPainTRSettings().train_kwargs()),
     "paper": ({"d_model": 256, "n_layers": 4}, {}),
 }
+#: The anchored preset's architecture without the controls: a plain PCA projection as wide as the model.
+PCA_PROJECTION = {"projection": "pca", "n_latent": None}
 #: CellPainTR settings: a preset, then changes of the architecture and of stages 2-3. "auto" is what
 #: cpe.tl.cellpaintr does by default ("contrastive" where sources share compounds, else "anchored"); the settings
 #: with a comma change one thing of a preset (the ablations behind the defaults).
@@ -62,11 +64,12 @@ VARIANTS = {
     "anchored, SupCon": ("anchored", {}, {"objective": "supcon"}),
     "anchored, CLS read-out": ("anchored", {"readout": "cls"}, {}),
     "anchored, align wells": ("anchored", {}, {"alignment": "wells"}),
-    "anchored, align distributions": ("anchored", {}, {"stage3": {"alignment": "distributions"}}),
+    "anchored, align distributions": ("anchored", PCA_PROJECTION, {"stage3": {"alignment": "distributions"}}),
     "auto, d_model 32": ("auto", {"d_model": 32}, {}),
     "auto, d_model 16": ("auto", {"d_model": 16}, {}),
-    "anchored, n_latent 16": ("anchored", {"n_latent": 16}, {}),
-    "anchored, n_latent 32": ("anchored", {"n_latent": 32}, {}),
+    "anchored, n_latent 16": ("anchored", {**PCA_PROJECTION, "n_latent": 16}, {}),
+    "anchored, n_latent 32": ("anchored", {**PCA_PROJECTION, "n_latent": 32}, {}),
+    "anchored, PCA projection": ("anchored", PCA_PROJECTION, {}),
     "auto, no feature dropout": ("auto", {}, {"feature_dropout": (0.0, 0.0)}),
     "auto, feature dropout": ("auto", {}, {"feature_dropout": cpe.model.PRESET_FEATURE_DROPOUT}),
 }
@@ -123,6 +126,7 @@ def add_cellpaintr(
         batch_key,
         "train_label",
         unlabeled_category="unlabeled",
+        control_key="Metadata_is_negcon",
         preset=preset,
         model_kwargs={**model_kwargs, **architecture, "seed": seed},
         key_added=_key(setting),
