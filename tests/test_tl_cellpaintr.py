@@ -109,6 +109,21 @@ def test_control_whitening_needs_boolean_controls(profiles):
         training_view(profiles, None, "Metadata_Batch", "Metadata_Compound", None, "Metadata_Compound")
 
 
+def test_control_whitening_refuses_too_few_or_constant_controls():
+    from cpembed.model._cellpaintr import _pca_projection
+
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(40, 6))
+    one_control = np.zeros(40, dtype=bool)
+    one_control[3] = True
+    with pytest.raises(ValueError, match="at least two control wells"):
+        _pca_projection(matrix, 3, 0, one_control)
+    constant = matrix.copy()
+    constant[:10] = 1.0
+    with pytest.raises(ValueError, match="do not vary"):
+        _pca_projection(constant, 3, 0, np.arange(40) < 10)
+
+
 def test_auto_preset_follows_labels_shared_across_sources(profiles):
     from cpembed.tl._cellpaintr import auto_preset
 

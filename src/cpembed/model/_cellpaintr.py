@@ -934,6 +934,8 @@ def _pca_projection(
             )
         covariance = LedoitWolf().fit(control_scores)
         eigenvalues, eigenvectors = np.linalg.eigh(covariance.covariance_)
+        if not eigenvalues.min() > 0:
+            raise ValueError("The control wells do not vary: there is no covariance to whiten the projection by.")
         center = center + loadings @ covariance.location_
         loadings = loadings @ (eigenvectors / np.sqrt(eigenvalues))
         variance = float(np.square((sample - center) @ loadings).sum(axis=1).mean())
