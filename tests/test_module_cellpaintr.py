@@ -575,6 +575,13 @@ def test_distribution_alignment_is_scipys_energy_distance_in_one_dimension():
     np.testing.assert_allclose(float(distribution_alignment_loss(embedding, labels, groups, 1.0)), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("loss", [replicate_alignment_loss, distribution_alignment_loss])
+def test_alignment_losses_refuse_groups_of_another_length(loss):
+    embedding, labels = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="Expected `groups` of shape"):
+        loss(embedding, labels, groups=torch.zeros(3, dtype=torch.long), scale=1.0)
+
+
 def test_distribution_alignment_sees_spread_that_centroids_miss():
     """Two sources whose controls share a centroid but not a spread: centroid alignment is zero, this is not."""
     embedding = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [3.0, 0.0], [-3.0, 0.0]], requires_grad=True)

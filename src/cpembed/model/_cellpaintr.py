@@ -908,7 +908,6 @@ def _pca_projection(
     With ``controls`` (a boolean flag per well) the components are whitened by the Ledoit-Wolf covariance of the
     sampled control wells in them, and the center is the controls' mean.
     """
-    from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
     n_rows, n_features = matrix.shape
@@ -926,6 +925,8 @@ def _pca_projection(
             "nothing to embed. Check the preprocessing of adata."
         )
     if controls is not None:
+        from sklearn.covariance import LedoitWolf
+
         control_scores = (sample[controls[rows]] - center) @ loadings
         if len(control_scores) < 2:
             raise ValueError(

@@ -122,12 +122,16 @@ def masked_feature_loss(
     return group_mse.sum() / present.sum().clamp_min(1)
 
 
-def _check_labelled_embedding(embedding: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_labelled_embedding(
+    embedding: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None
+) -> None:
     if embedding.ndim != 2 or labels.shape != (embedding.shape[0],):
         raise ValueError(
             f"Expected `embedding` (batch, dim) and `labels` (batch,), got {tuple(embedding.shape)} and "
             f"{tuple(labels.shape)}."
         )
+    if groups is not None and groups.shape != labels.shape:
+        raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
 
 
 def supervised_contrastive_loss(
@@ -200,9 +204,7 @@ def replicate_alignment_loss(
     -------
     Scalar float32 tensor.
     """
-    _check_labelled_embedding(embedding, labels)
-    if groups is not None and groups.shape != labels.shape:
-        raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
+    _check_labelled_embedding(embedding, labels, groups)
     labelled = labels >= 0
     z, labels = embedding.float()[labelled], labels[labelled]
     if groups is None:
@@ -253,16 +255,14 @@ def distribution_alignment_loss(
     -------
     Scalar float32 tensor; zero, still in the graph, when no label is present in two groups.
     """
-    _check_labelled_embedding(embedding, labels)
-    if groups.shape != labels.shape:
-        raise ValueError(f"Expected `groups` of shape {tuple(labels.shape)}, got {tuple(groups.shape)}.")
+    _check_labelled_embedding(embedding, labels, groups)
     labelled = labels >= 0
     z, labels, groups = embedding.float()[labelled], labels[labelled], groups[labelled]
     squared = (z[:, None, :] - z[None, :, :]).square().sum(dim=-1)
     apart = squared > 0
     # The square root of a zero is replaced before it is taken, so that identical wells get a zero gradient, not NaN.
     distance = torch.where(apart, squared, 1.0).sqrt() * apart / float(scale) ** 0.5
-    total, n_pairs = z.new_zeros(()), 0
+    total, n_pairs = 0.0 * z.sum(), 0  # zero, still in the graph, when no label spans two groups
     for label in torch.unique(labels):
         of_label = labels == label
         label_groups = groups[of_label]
@@ -278,7 +278,7 @@ def distribution_alignment_loss(
                 - _weighted_mean(within, outside, outside)
             )
             n_pairs += 1
-    return total / max(n_pairs, 1) + 0.0 * z.sum()
+    return total / max(n_pairs, 1)
 
 
 def _weighted_mean(matrix: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
