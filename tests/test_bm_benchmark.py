@@ -281,10 +281,30 @@ def test_benchmark_warns_when_a_metric_is_undefined(bbbc021_standardized):
     adata = bbbc021_standardized.copy()
     adata.obs["plate_compound"] = adata.obs["Metadata_Plate"].astype(str) + adata.obs["Metadata_Compound"].astype(str)
     options = {**KEYS, "label_key": "plate_compound", "metrics": ["silhouette_batch", "silhouette_label"]}
-    with pytest.warns(UserWarning, match=r"silhouette_batch is NaN for 'X_pca': no label has wells in two or more"):
+    with pytest.warns(UserWarning, match=r"silhouette_batch is NaN for 'X_pca', .*: no label has wells in two or more"):
         result = bm.benchmark(adata, "X_pca", **options, progress=False)
     assert np.isnan(result.loc["X_pca", "silhouette_batch"])
     assert result.loc["X_pca", "silhouette_label"] > 0
+
+
+def test_benchmark_records_an_undefined_map_as_nan(bbbc021_standardized):
+    """Wells of one compound have replicates but no other compound on their plates: mAP (no rep) is undefined."""
+    adata = bbbc021_standardized.copy()
+    obs = adata.obs
+    compound = obs.loc[~obs["Metadata_is_negcon"], "Metadata_Compound"].value_counts().index[0]
+    wells = (obs["Metadata_Compound"] == compound).to_numpy() | obs["Metadata_is_negcon"].to_numpy()
+    options = {**KEYS, "metrics": ["map_control", "map_no_rep"], "wells": wells, "null_size": 500}
+    with pytest.warns(UserWarning, match=r"map_no_rep is NaN for 'X_pca', and so are .* on a replicate's plate"):
+        result = bm.benchmark(adata, "X_pca", **options, progress=False)
+    assert result.loc["X_pca", ["map_no_rep", "map_no_rep_fraction_retrieved"]].isna().all()
+    expected = bm.map_control(
+        adata.obsm["X_pca"][wells],
+        obs["Metadata_Compound"].to_numpy()[wells],
+        obs["Metadata_Plate"].to_numpy()[wells],
+        obs["Metadata_is_negcon"].to_numpy()[wells],
+        null_size=500,
+    )
+    assert result.loc["X_pca", "map_control"] == pytest.approx(expected.mean_average_precision)
 
 
 def test_benchmark_refuses_fewer_wells_than_neighbours(bbbc021_standardized):

@@ -9,6 +9,7 @@ import pytest
 
 import cpembed as cpe
 from cpembed.bm import (
+    UndefinedMAPError,
     average_precision,
     benjamini_hochberg,
     map_control,
@@ -373,3 +374,22 @@ def test_average_precision_is_unchanged_by_the_embedding_scale(scale):
         expected = average_precision(data["X"], ~mask, *arrays, distance=distance)
         scaled = average_precision(data["X"] * scale, ~mask, *arrays, distance=distance)
         pd.testing.assert_frame_equal(scaled, expected)
+
+
+@pytest.mark.parametrize("function", [map_control, map_no_rep])
+def test_no_scorable_query_is_an_undefined_map(function):
+    """Singleton perturbations have no positive: there is nothing to score, which is not a bad input."""
+    data = _simulated()
+    singletons = np.where(data["is_control"], data["perturbation"], np.arange(data["is_control"].size).astype(str))
+    with pytest.raises(UndefinedMAPError, match="undefined"):
+        function(data["X"], singletons, data["plate"], data["is_control"])
+
+
+def test_replicates_without_negatives_are_an_undefined_map_no_rep():
+    """mAP (no rep) ranks replicates against other perturbations on the plate: with one perturbation there are none."""
+    data = _simulated()
+    keep = data["is_control"] | (data["perturbation"] == "p0")
+    with pytest.raises(UndefinedMAPError, match="No query well has both a positive and a negative"):
+        map_no_rep(data["X"][keep], data["perturbation"][keep], data["plate"][keep], data["is_control"][keep])
+    defined = map_control(data["X"][keep], data["perturbation"][keep], data["plate"][keep], data["is_control"][keep])
+    assert 0 < defined.mean_average_precision <= 1

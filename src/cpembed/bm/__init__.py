@@ -7,7 +7,15 @@ from ._graph_connectivity import graph_connectivity
 from ._kbet import kbet, kbet_per_label
 from ._leiden import LeidenScores, leiden_nmi_ari
 from ._lisi import clisi, ilisi, lisi
-from ._map import MAPResult, average_precision, benjamini_hochberg, map_control, map_no_rep, null_average_precision
+from ._map import (
+    MAPResult,
+    UndefinedMAPError,
+    average_precision,
+    benjamini_hochberg,
+    map_control,
+    map_no_rep,
+    null_average_precision,
+)
 from ._moa import MoAAccuracy, moa_accuracy
 from ._neighbors import NeighborsResult, nearest_neighbors
 from ._probes import KnownRelationshipRecall, known_relationship_recall, plate_prediction_probe
@@ -26,6 +34,7 @@ __all__ = [
     "MoAAccuracy",
     "NeighborsResult",
     "ScoreTable",
+    "UndefinedMAPError",
     "average_precision",
     "batch_classifier",
     "benchmark",

@@ -30,7 +30,7 @@ from ._graph_connectivity import graph_connectivity
 from ._kbet import kbet_per_label
 from ._leiden import DEFAULT_RESOLUTIONS, leiden_nmi_ari
 from ._lisi import clisi, ilisi
-from ._map import map_control, map_no_rep
+from ._map import MAPResult, UndefinedMAPError, map_control, map_no_rep
 from ._neighbors import Metric, NeighborsResult, Search, nearest_neighbors, resolve_search
 from ._silhouette import SAMPLED_SILHOUETTES, silhouette_batch, silhouette_label
 
@@ -174,15 +174,18 @@ class _EmbeddingScores:
         return {"random_state": self.settings.classifier_seed, "n_jobs": self.settings.n_jobs}
 
     def map_control(self) -> dict[str, float]:
-        result = map_control(self.X, *self._map_arrays, well=self.wells.well, **self._map_options)
-        return {
-            "map_control": result.mean_average_precision,
-            "map_control_fraction_retrieved": result.fraction_retrieved,
-        }
+        return self._map_scores("map_control", map_control, well=self.wells.well)
 
     def map_no_rep(self) -> dict[str, float]:
-        result = map_no_rep(self.X, *self._map_arrays, **self._map_options)
-        return {"map_no_rep": result.mean_average_precision, "map_no_rep_fraction_retrieved": result.fraction_retrieved}
+        return self._map_scores("map_no_rep", map_no_rep)
+
+    def _map_scores(self, name: str, setting: Callable[..., MAPResult], **kwargs) -> dict[str, float]:
+        """The mAP of one retrieval setting and its fraction retrieved; both NaN where no well can be scored."""
+        try:
+            result = setting(self.X, *self._map_arrays, **kwargs, **self._map_options)
+        except UndefinedMAPError:
+            return {name: np.nan, f"{name}_fraction_retrieved": np.nan}
+        return {name: result.mean_average_precision, f"{name}_fraction_retrieved": result.fraction_retrieved}
 
     @property
     def _map_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,10 +217,21 @@ _NEIGHBOR_SETTINGS = {
     "kbet": "kbet_neighbors",
     "lisi": "lisi_neighbors",
 }
-#: Why a metric comes out NaN: the metrics that skip labels too small or seen in one batch, and skipped them all.
+_SHARED_LABEL = (
+    "in adata.obs[{label_key!r}] (batches from adata.obs[{batch_key!r}]). Use a label that several wells in several "
+    "batches share, such as the MoA"
+)
+_REPLICATES = "has two or more wells in adata.obs[{perturbation_key!r}] (controls from adata.obs[{control_key!r}])"
+#: Why a metric comes out NaN, formatted with the benchmark's .obs keys: the metrics that skip the labels they cannot
+#: score (too small, seen in one batch, without replicates or negatives), and skipped them all.
 _NAN_CAUSES = {
-    "silhouette_batch": "no label has wells in two or more batches (and more wells than batches)",
-    "kbet": "no label has 10 or more wells in two or more batches",
+    "silhouette_batch": "no label has wells in two or more batches (and more wells than batches) " + _SHARED_LABEL,
+    "kbet": "no label has 10 or more wells in two or more batches " + _SHARED_LABEL,
+    "map_control": "no perturbation outside the controls " + _REPLICATES,
+    "map_no_rep": (
+        "no perturbation outside the controls " + _REPLICATES + " with, on a replicate's plate (adata.obs"
+        "[{plate_key!r}]), a well of another perturbation. Score more wells, or more perturbations per plate"
+    ),
 }
 
 
@@ -263,7 +277,8 @@ def benchmark(
     Ties never favour an embedding: equidistant neighbours are drawn at random and tied similarities share one rank
     in mAP, so an embedding that collapses wells together scores at chance on the bio metrics (and as well mixed on
     the batch metrics); one that places every well at the same point gets a warning. A metric left undefined by the
-    labels (the batch silhouette or kBET when no label spans two batches) is NaN, with a warning naming the cause.
+    labels (the batch silhouette or kBET when no label spans two batches, a mAP when no scored well has both a
+    replicate and a negative) is NaN, with a warning naming the cause.
 
     Which wells each metric sees:
 
@@ -393,7 +408,7 @@ def benchmark(
                 rows[key].update(_run_step(scorer, step))
                 bar.update()
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(METRIC_COLUMNS)).astype(np.float64)
-    _warn_undefined(table, steps, label_key, batch_key)
+    _warn_undefined(table, steps, benchmark_keys)
     table = pd.concat([table, CELLPAINTR_SCORES.score(table), JUMP_SCORES.score(table)], axis=1)
     table.index.name = "embedding"
     adata.uns[key_added] = benchmark_record(table, settings, benchmark_keys, exclude_controls, int(scored.n_obs))
@@ -452,16 +467,15 @@ def _searched_neighbors(steps: list[str], settings: BenchmarkSettings, n_wells: 
     return max(needed.values(), default=0)
 
 
-def _warn_undefined(table: pd.DataFrame, steps: list[str], label_key: str, batch_key: str) -> None:
+def _warn_undefined(table: pd.DataFrame, steps: list[str], keys: dict[str, str | None]) -> None:
     """Warn, with the cause, about each computed metric that came out NaN (the aggregates using it are NaN too)."""
     computed = {column for step in steps for column in _STEPS[step]}
     for column, cause in _NAN_CAUSES.items():
         undefined = list(table.index[table[column].isna()]) if column in computed else []
         if undefined:
             warnings.warn(
-                f"{column} is NaN for {', '.join(map(repr, undefined))}: {cause} in adata.obs[{label_key!r}] "
-                f"(batches from adata.obs[{batch_key!r}]), and so are the scores that average it. Use a label that "
-                "several wells in several batches share, such as the MoA.",
+                f"{column} is NaN for {', '.join(map(repr, undefined))}, and so are the scores that average it: "
+                f"{cause.format(**keys)}.",
                 UserWarning,
                 stacklevel=3,
             )

@@ -42,6 +42,10 @@ _TIE_TOLERANCE = 1e-12
 _PERTURBATION_BLOCK = 256
 
 
+class UndefinedMAPError(ValueError):
+    """No well of the input can be scored (no query has both a positive and a negative): the mAP is undefined."""
+
+
 @dataclass(frozen=True)
 class MAPResult:
     """Mean average precision of a retrieval setting.
@@ -115,6 +119,11 @@ def map_control(
     Returns
     -------
     The mean mAP, the fraction of perturbations retrieved and the per-perturbation table.
+
+    Raises
+    ------
+    UndefinedMAPError
+        No query well has both a positive and a negative (a ValueError; :func:`cpembed.bm.benchmark` records NaN).
     """
     _check_settings(null_size, threshold)
     X, perturbation, plate, is_control, well = _validated_inputs(X, perturbation, plate, is_control, well)
@@ -186,12 +195,19 @@ def map_no_rep(
     Returns
     -------
     The mean mAP, the fraction of perturbations retrieved and the per-perturbation table.
+
+    Raises
+    ------
+    UndefinedMAPError
+        No query well has both a positive and a negative (a ValueError; :func:`cpembed.bm.benchmark` records NaN).
     """
     _check_settings(null_size, threshold)
     X, perturbation, plate, is_control, well = _validated_inputs(X, perturbation, plate, is_control, well)
     keep = ~is_control & _has_replicates(perturbation)
     if not keep.any():
-        raise ValueError("No perturbation outside the controls has two or more wells: mAP (no rep) is undefined.")
+        raise UndefinedMAPError(
+            "No perturbation outside the controls has two or more wells: mAP (no rep) is undefined."
+        )
     rows = np.flatnonzero(keep)
     queries = average_precision(
         X[rows],
@@ -552,7 +568,7 @@ def _summarise(
 ) -> MAPResult:
     """Per-perturbation mAP, p-values and BH correction, and the two summary numbers."""
     if queries.empty:
-        raise ValueError("No query well has both a positive and a negative: mAP is undefined.")
+        raise UndefinedMAPError("No query well has both a positive and a negative: mAP is undefined.")
     codes, labels = pd.factorize(perturbation[queries.index.to_numpy()])
     grouped = queries["average_precision"].groupby(codes)
     observed = grouped.mean().to_numpy()
