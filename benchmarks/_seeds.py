@@ -12,7 +12,7 @@ import pandas as pd
 
 def summarise_seeds(
     tables: Mapping[int, pd.DataFrame],
-    targets: Mapping[str, Callable[[pd.DataFrame], bool]],
+    targets: Mapping[str, Callable[[pd.DataFrame], bool | None]],
     title: str = "",
 ) -> None:
     """Print the mean and standard deviation over seeds (with several) and on how many seeds each target holds.
@@ -22,7 +22,8 @@ def summarise_seeds(
     tables
         One table per seed, methods as rows and scores as columns.
     targets
-        Name of each target and the check of one seed's table.
+        Name of each target and the check of one seed's table: ``None`` where a score it compares is undefined (NaN),
+        and the seed is then counted apart.
     title
         Prefix of every printed line, e.g. the data set.
     """
@@ -33,5 +34,15 @@ def summarise_seeds(
         print(f"\n{prefix}mean and standard deviation over {len(tables)} seeds")
         print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     for name, check in targets.items():
-        met = sum(bool(check(table)) for table in tables.values())
-        print(f"{prefix}target {name}: met on {met} of {len(tables)} seeds")
+        results = [check(table) for table in tables.values()]
+        defined = [bool(result) for result in results if result is not None]
+        undefined = len(results) - len(defined)
+        left_out = f" (undefined on {undefined})" if undefined else ""
+        print(f"{prefix}target {name}: met on {sum(defined)} of {len(defined)} seeds{left_out}")
+
+
+def at_least(score: float, reference: float, strictly: bool = False) -> bool | None:
+    """Whether ``score`` reaches ``reference`` (exceeds it with ``strictly``); ``None`` when either is NaN."""
+    if pd.isna(score) or pd.isna(reference):
+        return None
+    return score > reference if strictly else score >= reference

@@ -28,10 +28,11 @@ PRESET_ARCHITECTURES: dict[str, dict[str, object]] = {
 }
 
 #: What the ``"anchored"`` preset adds where the negative controls are known (``control_key``): a projection whitened
-#: by the controls' covariance, 32 dimensions wide. On BBBC021 (twelve leak-free seeds) the preset so scored NSCB 0.804
-#: and Overall 0.724, against 0.771 and 0.722 with a plain PCA as wide as the model and PCA-50's 0.766 and 0.725;
-#: unwhitened, 32 dimensions cost NSCB, and whitened, 64 cost Overall (``docs/benchmarks.md``).
-ANCHORED_WITH_CONTROLS: dict[str, object] = {"projection": "control_whitened", "n_latent": 32}
+#: by the controls' covariance, 28 dimensions wide. On BBBC021, of the widths 16 to 64, 28 gave the largest sum of
+#: the leak-free Overall and NSCB margins over PCA-50, averaged over the paper's preprocessing and
+#: :func:`cpembed.pp.recipe_jump`, on twelve seeds, and again on 24 fresh ones (``docs/benchmarks.md``). Pass
+#: ``model_kwargs={"n_latent": ...}`` for another width (data with many more MoAs may need a wider one).
+ANCHORED_WITH_CONTROLS: dict[str, object] = {"projection": "control_whitened", "n_latent": 28}
 
 
 def cellpaintr(
@@ -72,9 +73,10 @@ def cellpaintr(
         Value of ``labels_key`` marking wells used in stage 1 only.
     control_key
         Boolean ``.obs`` column, ``True`` for the negative controls. With it the ``"anchored"`` preset whitens its
-        projection by the controls' covariance (``projection="control_whitened"``) and embeds in 32 dimensions:
-        on BBBC021 this raised NSCB from 0.771 to 0.804 over twelve leak-free seeds and kept Overall
-        (``docs/benchmarks.md``). Without it the preset starts from a plain PCA as wide as the model.
+        projection by the controls' covariance (``projection="control_whitened"``) and embeds in 28 dimensions
+        (``model_kwargs={"n_latent": ...}`` sets another width): on BBBC021 this lifts both Overall and NSCB above
+        PCA's over leak-free seeds (``docs/benchmarks.md``). Without it the preset starts from a plain PCA as wide as
+        the model.
     preset
         ``"contrastive"``: the paper's three stages plus a term that keeps the neighbourhoods of a PCA of the profiles
         while the contrastive loss aligns compounds across sources (:data:`~cpembed.model.CONTRASTIVE_STAGES`);
