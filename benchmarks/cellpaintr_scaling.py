@@ -5,13 +5,15 @@ source (the compounds stay the same, so more plates mean more replicates and mor
 Overall score (CellPainTR paper, Table 1) of every method against the number of wells. The table is printed and,
 with ``--out``, written as ``scaling.csv`` beside the figure ``scaling.png``.
 
-Run: ``python benchmarks/cellpaintr_scaling.py --plates 2 6 20 --out benchmarks/output`` (960, 2,880 and 9,600
+Run: ``python benchmarks/cellpaintr_scaling.py --plates 2 6 20 --jobs 2 --out benchmarks/output`` (960, 2,880 and 9,600
 wells at the README's CPU size; ``--size paper --accelerator gpu`` for the paper's model).
 """
 
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import matplotlib
@@ -26,18 +28,23 @@ from cellpaintr_quality import SIMULATION, SIZES, run
 SCORES = ["batch_score", "bio_score", "overall_score"]
 
 
+def study(name: str, seed: int, plates: int, args: argparse.Namespace) -> pd.DataFrame:
+    """The leak-free table of one simulated study, with the number of wells."""
+    quality = argparse.Namespace(
+        **vars(args), quick=False, leaky=False, out=None, settings=["auto"], preprocessing="paper"
+    )
+    quality.plates = plates
+    table = run(name, seed, quality)["leak-free"][SCORES]
+    wells = SIMULATION["n_sources"] * plates * 96
+    return table.assign(data=name, seed=seed, wells=wells).rename_axis("method").reset_index()
+
+
 def sweep(args: argparse.Namespace) -> pd.DataFrame:
-    """One leak-free table per data set, seed and plate count, stacked with the number of wells."""
-    rows = []
-    for name in args.only:
-        for seed in args.seeds:
-            for plates in args.plates:
-                quality = argparse.Namespace(**vars(args), quick=False, leaky=False, out=None, settings=["auto"])
-                quality.plates = plates
-                table = run(name, seed, quality)["leak-free"][SCORES]
-                wells = SIMULATION["n_sources"] * plates * 96
-                rows.append(table.assign(data=name, seed=seed, wells=wells).rename_axis("method").reset_index())
-    return pd.concat(rows, ignore_index=True)
+    """One leak-free table per data set, seed and plate count (``args.jobs`` in parallel), stacked."""
+    studies = [(name, seed, plates) for name in args.only for seed in args.seeds for plates in args.plates]
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(study, *key, args) for key in studies]
+        return pd.concat([future.result() for future in futures], ignore_index=True)
 
 
 def draw(results: pd.DataFrame, path: Path) -> None:
@@ -67,7 +74,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--size", choices=list(SIZES), default="cpu")
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per study")
+    parser.add_argument("--jobs", type=int, default=1, help="studies trained in parallel processes")
     parser.add_argument("--out", type=Path, help="folder for scaling.csv and scaling.png")
     args = parser.parse_args()
     out = args.__dict__.pop("out")
