@@ -74,6 +74,11 @@ VARIANTS = {
     "anchored, whitened 32": ("anchored", {"n_latent": 32}, {}),
     "auto, no feature dropout": ("auto", {}, {"feature_dropout": (0.0, 0.0)}),
     "auto, feature dropout": ("auto", {}, {"feature_dropout": cpe.model.PRESET_FEATURE_DROPOUT}),
+    "auto, paper learning rate": (
+        "auto",
+        {},
+        {f"stage{stage}": {"lr": cpe.model.PAPER_STAGES[stage].lr} for stage in (2, 3)},
+    ),
 }
 SHOWN = ["batch_score", "bio_score", "overall_score"]
 TABLE1_METRICS = [*cpe.bm.CELLPAINTR_SCORES.batch_metrics, *cpe.bm.CELLPAINTR_SCORES.bio_metrics]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import warnings
+from dataclasses import fields
 from unittest import mock
 
 import anndata as ad
@@ -16,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import cpembed as cpe
-from cpembed.model import CellPainTR, StageConfig
+from cpembed.model import ANCHORED_STAGES, CONTRASTIVE_STAGES, PAPER_STAGES, CellPainTR, StageConfig
 from cpembed.model._data import contiguous_runs, read_rows
 from cpembed.model._samplers import BlockShuffleBatchSampler, PKBatchSampler
 
@@ -389,6 +390,22 @@ def test_presets_train_what_they_name(profiles):
         paper.train(preset="best", **QUIET)
     with pytest.raises(ValueError, match="alignment"):
         StageConfig(max_epochs=1, batch_size=8, lr=1e-3, alignment="plates")
+
+
+def _departures(stage: StageConfig, paper: StageConfig) -> set[str]:
+    return {field.name for field in fields(StageConfig) if getattr(stage, field.name) != getattr(paper, field.name)}
+
+
+def test_presets_depart_from_the_paper_only_where_documented():
+    """Stage 1 is the paper's in every preset; stages 2-3 change only the settings docs/concepts.md measures."""
+    for preset in (CONTRASTIVE_STAGES, ANCHORED_STAGES):
+        assert preset[1] == PAPER_STAGES[1]
+    for stage in (2, 3):
+        departures = _departures(CONTRASTIVE_STAGES[stage], PAPER_STAGES[stage])
+        assert departures == {"lr", "structure_weight", "feature_dropout"}
+        assert CONTRASTIVE_STAGES[stage].lr == pytest.approx(10 * PAPER_STAGES[stage].lr)
+        assert CONTRASTIVE_STAGES[stage].feature_dropout == cpe.model.PRESET_FEATURE_DROPOUT
+        assert ANCHORED_STAGES[stage].feature_dropout == (0.0, 0.0)
 
 
 def test_profiles_without_variation_are_refused(profiles):

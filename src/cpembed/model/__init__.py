@@ -9,6 +9,7 @@ from importlib import import_module
 #: Public name -> private module defining it.
 _EXPORTS = {
     "ANCHORED_STAGES": "_training_plan",
+    "CONTRASTIVE_LR": "_training_plan",
     "CONTRASTIVE_STAGES": "_training_plan",
     "CWAMSN": "_cwamsn",
     "PAPER_STAGES": "_training_plan",

@@ -113,14 +113,22 @@ PAPER_STAGES: dict[int, StageConfig] = {
 #: as those that have them all (``docs/concepts.md`` gives the figures).
 PRESET_FEATURE_DROPOUT = (0.2, 0.6)
 
+#: Learning rate of stages 2-3 of the "contrastive" preset, ten times the paper's 1e-5: the paper trains on hundreds
+#: of thousands of wells, where an epoch has thousands of minibatches; on studies of a few thousand wells the paper's
+#: rate barely moves the model within its 8 + 6 epochs (``docs/concepts.md`` gives the figures).
+CONTRASTIVE_LR = 1e-4
+
 #: The "contrastive" preset (cpembed's default where sources share compounds): the paper's stages, plus in stages 2-3
 #: :func:`~cpembed.module.similarity_structure_loss` at weight 1, which keeps the neighbourhoods of a PCA of the
-#: profiles while the contrastive loss pulls a compound's wells together, and feature dropout
-#: (:data:`PRESET_FEATURE_DROPOUT`) (``docs/concepts.md`` gives the figures).
+#: profiles while the contrastive loss pulls a compound's wells together, feature dropout
+#: (:data:`PRESET_FEATURE_DROPOUT`) and the learning rate :data:`CONTRASTIVE_LR` (``docs/concepts.md`` gives the
+#: figures).
 CONTRASTIVE_STAGES: dict[int, StageConfig] = {
     1: PAPER_STAGES[1],
     **{
-        stage: replace(PAPER_STAGES[stage], structure_weight=1.0, feature_dropout=PRESET_FEATURE_DROPOUT)
+        stage: replace(
+            PAPER_STAGES[stage], lr=CONTRASTIVE_LR, structure_weight=1.0, feature_dropout=PRESET_FEATURE_DROPOUT
+        )
         for stage in (2, 3)
     },
 }
